@@ -1,0 +1,5 @@
+import sys
+
+from clusterguide.cli import main
+
+sys.exit(main())

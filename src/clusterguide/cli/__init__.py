@@ -1,0 +1,57 @@
+"""The ``clusterguide`` command line: thin wrappers that parse, call the library, and print.
+
+Every error a user can cause is a :class:`~clusterguide.errors.UserError` (or a click usage
+error) and is shown as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import click
+
+from clusterguide.cli.core import fit, grid, info, layers, sample
+from clusterguide.errors import UserError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="clusterguide")
+def cli() -> None:
+    """Label-free control for pretrained unconditional generators (cluster-guided sampling)."""
+
+
+for command in (layers, fit, sample, grid, info):
+    cli.add_command(command)
+
+# Commands owned by other modules register here; each module is optional while it is written.
+for module_name, names in (
+    ("clusterguide.cli.tree", ("refine", "name", "choose_k")),
+    ("clusterguide.cli.evaluate", ("evaluate", "report")),
+    ("clusterguide.cli.convert", ("convert",)),
+    ("clusterguide.cli.serve", ("serve",)),
+):
+    try:
+        module = __import__(module_name, fromlist=list(names))
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        continue
+    for name in names:
+        cli.add_command(getattr(module, name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (the console script passes it to sys.exit)."""
+    try:
+        code = cli.main(args=argv, prog_name="clusterguide", standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; nothing half-written was left behind", err=True)
+        return 130
+    return code if isinstance(code, int) else 0

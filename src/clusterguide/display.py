@@ -1,0 +1,31 @@
+"""Plain-text tables for the terminal (the fit's metrics, layer lists, run info)."""
+
+from __future__ import annotations
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "nan"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    return "\n".join(lines)
+
+
+def metrics_table(metrics: dict, names: dict[str, str] | None = None) -> str:
+    names = names or {}
+    headers = ["cluster", "name", "size", "p_c", "fidelity", "norm_ratio", "precision", "recall"]
+    rows = [
+        [r["id"], names.get(r["id"], ""), r["size"], r["share"], r.get("fidelity"), r.get("norm_ratio"), r.get("precision"), r.get("recall")]
+        for r in metrics.get("clusters", [])
+    ]
+    return table(headers, rows)

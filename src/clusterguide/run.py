@@ -1,0 +1,228 @@
+"""A fitted run: generator spec, settings, cluster tree, mappings, names and metrics.
+
+:class:`Run` is the in-memory form of a run folder (see :mod:`artifacts` for the files). It knows
+how to resolve what a user types as a cluster (a path like ``1/0`` or a name like ``"turned
+left"``) and how to save and load itself, checking every checksum, key and shape on the way in.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import clusterguide
+from clusterguide import artifacts
+from clusterguide.errors import UserError
+from clusterguide.generators.registry import GeneratorSpec
+from clusterguide.mapping import MappingConfig, MappingNetwork
+from clusterguide.tree import ClusterTree, Split, path_key
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How the clusters were formed; saved with every run."""
+
+    layer: str  # layer of the first split
+    clusters: int  # k of the first split
+    samples: int = 20000  # prior latents drawn for clustering and for the mappings
+    seed: int = 0  # seed of the latent stream and of k-means
+    class_label: int | None = None  # class of a class-conditional generator (BigGAN)
+    pool: int | None = None  # spatial pooling of features before k-means (None = full map)
+    batch_size: int = 512  # latents per head pass
+    kmeans_iters: int = 25
+    min_cluster_size: int = 32  # smaller clusters are reported and get no mapping
+    eval_samples: int = 1000  # mapped samples per cluster for the metrics
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Run:
+    generator: GeneratorSpec
+    generator_info: dict  # name, weights_id, latent_dim as seen at fit time
+    fit: FitConfig
+    mapping: MappingConfig
+    tree: ClusterTree
+    mappings: dict[str, MappingNetwork] = field(default_factory=dict)  # cluster path -> T_c
+    skipped: dict[str, str] = field(default_factory=dict)  # cluster path -> why it has no mapping
+    metrics: dict = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # cluster path -> name
+    history: list[dict] = field(default_factory=list)  # fit / refine events with their settings
+    path: Path | None = None
+
+    # ---- clusters and names ---------------------------------------------------------------
+    def clusters(self) -> list[str]:
+        return self.tree.clusters()
+
+    def leaves(self) -> list[str]:
+        return self.tree.leaves()
+
+    def resolve(self, cluster: str | int) -> str:
+        """A cluster path from a path (``1/0``), an int, or a name; one-line error otherwise."""
+        text = str(cluster).strip()
+        if text in self.tree.clusters():
+            return text
+        matches = [p for p, n in self.names.items() if n == text] or [
+            p for p, n in self.names.items() if n.lower() == text.lower()
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UserError(f"cluster name {text!r} is ambiguous: it names {', '.join(sorted(matches, key=path_key))}")
+        known = ", ".join(self.tree.clusters())
+        raise UserError(f"no cluster {text!r} (by path or name); clusters are: {known}")
+
+    def label(self, path: str) -> str:
+        name = self.names.get(path)
+        return f"{path} {name}" if name else path
+
+    def mapping_for(self, path: str) -> MappingNetwork:
+        if path not in self.mappings:
+            why = self.skipped.get(path, "it has none")
+            raise UserError(f"cluster {path} has no mapping ({why}); use --method exact")
+        return self.mappings[path]
+
+    def cluster_metrics(self, path: str) -> dict:
+        for row in self.metrics.get("clusters", []):
+            if str(row.get("id")) == path:
+                return row
+        return {}
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, run_dir: str | Path, overwrite: bool = False) -> Path:
+        """Write the whole folder atomically (staged under a temporary name, then renamed)."""
+        run_dir = Path(run_dir)
+        with artifacts.staged_dir(run_dir, overwrite=overwrite) as stage:
+            cluster_sha = artifacts.save_tensors(
+                stage / artifacts.CLUSTERS,
+                {f"split:{p}": torch.from_numpy(np.ascontiguousarray(s.centroids)) for p, s in self.tree.splits.items()},
+            )
+            mapping_tensors = {f"{p}::{k}": v for p, net in self.mappings.items() for k, v in net.state_dict().items()}
+            mapping_sha = artifacts.save_tensors(stage / artifacts.MAPPINGS, mapping_tensors or {"_empty": torch.zeros(0)})
+            artifacts.write_json(stage / artifacts.METRICS, self.metrics)
+            artifacts.write_json(stage / artifacts.NAMES, self.names)
+            artifacts.write_json(stage / artifacts.CONFIG, self._config_json(cluster_sha, mapping_sha))
+        self.path = run_dir
+        return run_dir
+
+    def _config_json(self, cluster_sha: str, mapping_sha: str) -> dict:
+        return {
+            "format": artifacts.FORMAT,
+            "class": "Run",
+            "version": clusterguide.__version__,
+            "generator": {**self.generator.to_json(), **{"info": self.generator_info}},
+            "fit": self.fit.to_json(),
+            "mapping": self.mapping.to_json(),
+            "tree": {
+                "splits": {p: s.meta() for p, s in self.tree.splits.items()},
+                "stats": self.tree.stats,
+            },
+            "mappings": {
+                p: {"aux_dim": n.aux_dim, "width": n.fc1.out_features, "latent_dim": n.fc3.out_features, "residual": n.residual}
+                for p, n in self.mappings.items()
+            },
+            "skipped": self.skipped,
+            "history": self.history,
+            "files": {artifacts.CLUSTERS: cluster_sha, artifacts.MAPPINGS: mapping_sha},
+        }
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "Run":
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise UserError(f"run folder {run_dir} does not exist")
+        config = artifacts.read_json(run_dir / artifacts.CONFIG)
+        if not isinstance(config, dict) or config.get("format") != artifacts.FORMAT:
+            raise UserError(f"{run_dir} is not a clusterguide run folder (config.json has no run format)")
+        try:
+            files = config["files"]
+            centroids = artifacts.load_tensors(run_dir / artifacts.CLUSTERS, files[artifacts.CLUSTERS])
+            weights = artifacts.load_tensors(run_dir / artifacts.MAPPINGS, files[artifacts.MAPPINGS])
+            splits = {}
+            for p, meta in config["tree"]["splits"].items():
+                c = centroids[f"split:{p}"].numpy()
+                if c.shape[0] != meta["k"]:
+                    raise UserError(f"{run_dir}: split {p!r} has {c.shape[0]} centroids, config says {meta['k']}")
+                splits[p] = Split(meta["layer"], c, meta.get("pool"), meta.get("samples", 0), meta.get("seed", 0))
+            tree = ClusterTree(splits, config["tree"].get("stats", {}))
+            mappings = {}
+            for p, arch in config["mappings"].items():
+                net = MappingNetwork(arch["aux_dim"], arch["width"], arch["latent_dim"], arch["residual"])
+                prefix = f"{p}::"
+                state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+                try:
+                    net.load_state_dict(state, strict=True)
+                except RuntimeError as exc:
+                    raise UserError(f"{run_dir}: mapping of cluster {p} does not load: {str(exc).splitlines()[0]}") from None
+                mappings[p] = net.eval()
+            fit_cfg = FitConfig(**config["fit"])
+            map_cfg = MappingConfig(**config["mapping"])
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"{run_dir}/config.json is damaged (missing or bad field {exc})") from None
+        names = artifacts.read_json(run_dir / artifacts.NAMES) if (run_dir / artifacts.NAMES).exists() else {}
+        metrics = artifacts.read_json(run_dir / artifacts.METRICS) if (run_dir / artifacts.METRICS).exists() else {}
+        return cls(
+            generator=GeneratorSpec.from_json(config["generator"]),
+            generator_info=config["generator"].get("info", {}),
+            fit=fit_cfg,
+            mapping=map_cfg,
+            tree=tree,
+            mappings=mappings,
+            skipped=config.get("skipped", {}),
+            metrics=metrics,
+            names={str(k): str(v) for k, v in names.items()},
+            history=config.get("history", []),
+            path=run_dir,
+        )
+
+
+def set_name(run_dir: str | Path, cluster: str, name: str) -> tuple[str, dict[str, str]]:
+    """Name a cluster of the run at ``run_dir`` (empty name clears it); written atomically.
+
+    Returns the cluster path and all names. Names must be unique and must not look like a path.
+    """
+    with _names_lock(Path(run_dir)):
+        return _set_name_locked(Path(run_dir), cluster, name)
+
+
+@contextmanager
+def _names_lock(run_dir: Path):
+    """Serialise read-modify-write of names.json between processes and threads."""
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist")
+    with _THREAD_LOCK, open(run_dir / ".names.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_THREAD_LOCK = threading.Lock()
+
+
+def _set_name_locked(run_dir: Path, cluster: str, name: str) -> tuple[str, dict[str, str]]:
+    run = Run.load(run_dir)
+    path = run.resolve(cluster)
+    name = " ".join(str(name).split())
+    if len(name) > 100:
+        raise UserError("a cluster name is at most 100 characters")
+    if name and name in run.clusters():
+        raise UserError(f"{name!r} looks like a cluster path; choose a name that is not one")
+    names = dict(run.names)
+    if name:
+        taken = [p for p, n in names.items() if n.lower() == name.lower() and p != path]
+        if taken:
+            raise UserError(f"the name {name!r} is already used by cluster {taken[0]}")
+        names[path] = name
+    else:
+        names.pop(path, None)
+    artifacts.write_json(Path(run_dir) / artifacts.NAMES, names)
+    return path, names
