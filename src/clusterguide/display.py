@@ -23,9 +23,8 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def metrics_table(metrics: dict, names: dict[str, str] | None = None) -> str:
     names = names or {}
-    headers = ["cluster", "name", "size", "p_c", "fidelity", "norm_ratio", "precision", "recall"]
-    rows = [
-        [r["id"], names.get(r["id"], ""), r["size"], r["share"], r.get("fidelity"), r.get("norm_ratio"), r.get("precision"), r.get("recall")]
-        for r in metrics.get("clusters", [])
-    ]
-    return table(headers, rows)
+    headers = ["cluster", "name", "size", "p_c", "fidelity", "norm_ratio", "precision", "recall", "recall_ceiling"]
+    keys = ["size", "share", "fidelity", "norm_ratio", "precision", "recall", "recall_ceiling"]
+    rows = [[r["id"], names.get(r["id"], "")] + [r.get(k) for k in keys] for r in metrics.get("clusters", [])]
+    note = "precision/recall: k=5, PCA-16 of the layer's features, vs the cluster's exact samples; recall_ceiling: what independent exact samples score"
+    return table(headers, rows) + "\n" + note

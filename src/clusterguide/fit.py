@@ -20,7 +20,7 @@ from clusterguide.features import extract_features, representation
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import GeneratorSpec, load_generator
 from clusterguide.mapping import MappingConfig, fit_mappings
-from clusterguide.metrics import norm_ratio, precision_recall
+from clusterguide.metrics import distribution_scores, norm_ratio
 from clusterguide.run import FitConfig, Run
 from clusterguide.seeding import derive_seed, randn_streams
 from clusterguide.tree import ROOT, ClusterTree, Split, child_path
@@ -32,12 +32,12 @@ def sample_prior(G: GeneratorAdapter, n: int, seed: int, chunk: int = 8192) -> t
     return torch.cat([G.sample_latents(min(chunk, n - s), seed, start=s) for s in range(0, n, chunk)])
 
 
-def make_guide(G: GeneratorAdapter, split: Split, temperature: float = 1.0):
+def make_guide(G: GeneratorAdapter, split: Split):
     """Assignment logits at the split's layer: -|f - c_j|^2 / scale, where scale is a tenth of the
     mean squared gap between centroids (so well-inside samples give near one-hot assignments)."""
     c = torch.from_numpy(split.centroids).to(G.device)
     gaps = torch.cdist(c, c).pow(2)
-    scale = float(gaps.sum() / max(c.shape[0] * (c.shape[0] - 1), 1)) * 0.1 * temperature
+    scale = float(gaps.sum() / max(c.shape[0] * (c.shape[0] - 1), 1)) * 0.1
     c_sq = (c * c).sum(1)
 
     def guide(z: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ def split_cluster(
         result = fit_mappings(
             [latents[torch.from_numpy(km.labels == i)] for i in train],
             run.mapping,
-            guide=make_guide(G, sub, run.mapping.temperature),
+            guide=make_guide(G, sub),
             device=G.device,
             desc=f"mappings @ {layer}",
         )
@@ -132,8 +132,10 @@ def measure_clusters(
             row["latent_norm"] = float(np.linalg.norm(z_own, axis=1).mean())
             split = run.tree.splits[path.rsplit("/", 1)[0] if "/" in path else ROOT]
             mapped_feats = representation(G, mapped, split.layer, split.pool).cpu().numpy()
-            real = feats[own[:n_eval]]
-            row["precision"], row["recall"] = precision_recall(mapped_feats, real, k=5)
+            # exact samples: the cluster's own latents; a second, disjoint share gives the ceiling
+            half = min(n_eval, len(own) // 2)
+            heldout = feats[own[half : 2 * half]] if half > 5 else None
+            row.update(distribution_scores(mapped_feats, feats[own[: max(half, min(n_eval, len(own)))]], heldout))
         else:
             row.update({"fidelity": None, "norm_ratio": None, "precision": None, "recall": None})
             row["note"] = run.skipped.get(path, "")

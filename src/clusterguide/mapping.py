@@ -45,8 +45,10 @@ class MappingConfig:
     aux_dim: int | None = None  # dimension of e; None = the generator's latent dimension
     residual: bool = False  # T(e) = e + f(e), f zero at init (needs aux_dim == latent_dim)
     staleness: int = 1  # epochs between nearest-neighbour refreshes (1 = every epoch, as the paper)
-    consistency: float = 0.0  # weight of the cluster-consistency term (0 = pure IMLE)
-    temperature: float = 1.0  # softness of that term's assignment (relative to mean centroid gap)
+    consistency: float = 0.0  # weight of the cluster-consistency hinge (0 = pure IMLE)
+    margin: float = 0.5  # the hinge is zero once a sample is this far inside its cluster (logit units)
+    guide_batch: int = 128  # free samples per cluster per step for the consistency term
+    match_quantile: float = 1.0  # regress only the closest share of matches (1.0 = all, as the paper)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0
 
@@ -56,8 +58,8 @@ class MappingConfig:
         presets = {
             "paper": MappingConfig(recipe="paper"),
             "fast": MappingConfig(
-                recipe="fast", epochs=60, gamma=4.0, width=256, batch_size=256, lr=2e-3,
-                residual=True, staleness=5, consistency=1.0,
+                recipe="fast", epochs=15, gamma=4.0, width=256, batch_size=512, lr=3e-3,
+                residual=True, staleness=5, consistency=1.0, guide_batch=64,
             ),
         }
         if recipe not in presets:
@@ -234,6 +236,19 @@ def _fit_paper(z: torch.Tensor, config: MappingConfig, device, seed: int, desc: 
     return net.eval(), last
 
 
+def _consistency(model: "BatchedMapping", guide: Guide, k: int, config: MappingConfig, aux: int, g, device) -> torch.Tensor:
+    """Hinge on fresh mapped samples: zero for samples already ``margin`` inside their own
+    cluster, so it pulls stray samples in without squeezing the ones inside (a cross-entropy
+    would keep pushing every sample toward the centroid and collapse the mapping)."""
+    m = config.guide_batch
+    e_free = torch.randn(k, m, aux, generator=g).to(device)
+    logits = guide(model(e_free).reshape(k * m, -1))
+    target = torch.arange(k, device=logits.device).repeat_interleave(m)
+    own = logits.gather(1, target[:, None])[:, 0]
+    others = logits.scatter(1, target[:, None], float("-inf")).max(1).values
+    return F.relu(others - own + config.margin).mean()
+
+
 def _fit_batched(latents: list[torch.Tensor], config: MappingConfig, guide: Guide | None, device, desc: str):
     """All clusters of a split at once; see the module docstring for what differs from the paper."""
     k = len(latents)
@@ -244,9 +259,10 @@ def _fit_batched(latents: list[torch.Tensor], config: MappingConfig, guide: Guid
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     data = [z.to(device) for z in latents]
     sizes = [z.shape[0] for z in data]
-    n_max = max(sizes)
-    gamma = max(int(config.gamma * n_max), 1)
-    steps = max(1, math.ceil(n_max / config.batch_size))
+    # Each cluster gets Gamma = gamma x its own size candidates (the network runs on the largest
+    # count for all, which is cheap; the nearest-neighbour search, which is not, uses only its own).
+    gammas = [max(int(config.gamma * n), 1) for n in sizes]
+    steps = max(1, math.ceil(sum(sizes) / k / config.batch_size))
     batch = min(config.batch_size, min(sizes))
     use_guide = guide is not None and config.consistency > 0
     matched: list[torch.Tensor] = []
@@ -254,28 +270,31 @@ def _fit_batched(latents: list[torch.Tensor], config: MappingConfig, guide: Guid
     with bar(config.epochs, desc=desc, unit="epoch") as b:
         for epoch in range(config.epochs):
             if epoch % config.staleness == 0:
-                e_all = torch.randn(k, gamma, aux, generator=g).to(device)
+                e_all = torch.randn(k, max(gammas), aux, generator=g).to(device)
                 model.eval()
                 with torch.no_grad():
-                    mapped = torch.cat([model(e_all[:, s : s + 8192]) for s in range(0, gamma, 8192)], 1)
-                matched = []
+                    mapped = torch.cat([model(e_all[:, s : s + 8192]) for s in range(0, max(gammas), 8192)], 1)
+                matched, targets = [], []
                 for c in range(k):
-                    idx, _ = nearest(data[c], mapped[c], config.nn_backend)
-                    matched.append(e_all[c, idx.to(device)])
+                    idx, dist = nearest(data[c], mapped[c, : gammas[c]], config.nn_backend)
+                    # In a 100-d latent space even the nearest of many candidates is far away, and
+                    # regressing onto far matches drags samples toward the cluster mean; keeping
+                    # the closest share of matches is a per-epoch threshold in the spirit of Adaptive IMLE.
+                    keep = dist <= torch.quantile(dist, config.match_quantile) if config.match_quantile < 1 else torch.ones_like(dist, dtype=torch.bool)
+                    keep = keep.to(device)
+                    matched.append(e_all[c, idx.to(device)][keep])
+                    targets.append(data[c][keep])
             model.train()
             totals = torch.zeros(k)
             for _ in range(steps):
-                rows = [torch.randint(sizes[c], (batch,), generator=g).to(device) for c in range(k)]
+                rows = [torch.randint(len(matched[c]), (batch,), generator=g).to(device) for c in range(k)]
                 e_b = torch.stack([matched[c][rows[c]] for c in range(k)])
-                z_b = torch.stack([data[c][rows[c]] for c in range(k)])
+                z_b = torch.stack([targets[c][rows[c]] for c in range(k)])
                 out = model(e_b)
                 per_cluster = ((out - z_b) ** 2).mean(dim=(1, 2))
                 loss = per_cluster.sum()
                 if use_guide:
-                    e_free = torch.randn(k, batch, aux, generator=g).to(device)
-                    logits = guide(model(e_free).reshape(k * batch, -1))
-                    target = torch.arange(k, device=logits.device).repeat_interleave(batch)
-                    loss = loss + config.consistency * F.cross_entropy(logits / config.temperature, target) * k
+                    loss = loss + config.consistency * k * _consistency(model, guide, k, config, aux, g, device)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -8,6 +8,9 @@ left"``) and how to save and load itself, checking every checksum, key and shape
 from __future__ import annotations
 
 import fcntl
+import os
+import re
+import shutil
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -96,10 +99,16 @@ class Run:
         return {}
 
     # ---- persistence ----------------------------------------------------------------------
-    def save(self, run_dir: str | Path, overwrite: bool = False) -> Path:
-        """Write the whole folder atomically (staged under a temporary name, then renamed)."""
+    def save(self, run_dir: str | Path, overwrite: bool = False, keep_other_files: bool = False) -> Path:
+        """Write the whole folder atomically (staged under a temporary name, then renamed).
+
+        ``keep_other_files`` carries over files a user put in an existing folder (an overview
+        picture, samples): updating a run in place (refine) must not delete them.
+        """
         run_dir = Path(run_dir)
         with artifacts.staged_dir(run_dir, overwrite=overwrite) as stage:
+            if keep_other_files and run_dir.is_dir():
+                _carry_other_files(run_dir, stage)
             cluster_sha = artifacts.save_tensors(
                 stage / artifacts.CLUSTERS,
                 {f"split:{p}": torch.from_numpy(np.ascontiguousarray(s.centroids)) for p, s in self.tree.splits.items()},
@@ -183,6 +192,27 @@ class Run:
         )
 
 
+_OWN_FILES = {artifacts.CONFIG, artifacts.CLUSTERS, artifacts.MAPPINGS, artifacts.NAMES, artifacts.METRICS}
+
+
+def _carry_other_files(src: Path, dst: Path) -> None:
+    """Hard-link (or copy) everything in ``src`` that is not one of the run's own files."""
+    for entry in src.iterdir():
+        if entry.name in _OWN_FILES or entry.name.startswith("."):  # staging leftovers, locks
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, dst / entry.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, dst / entry.name)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
 def set_name(run_dir: str | Path, cluster: str, name: str) -> tuple[str, dict[str, str]]:
     """Name a cluster of the run at ``run_dir`` (empty name clears it); written atomically.
 
@@ -214,7 +244,8 @@ def _set_name_locked(run_dir: Path, cluster: str, name: str) -> tuple[str, dict[
     name = " ".join(str(name).split())
     if len(name) > 100:
         raise UserError("a cluster name is at most 100 characters")
-    if name and name in run.clusters():
+    # Any path-shaped name, not only existing ones: a later refine could create that path.
+    if name and (name in run.clusters() or re.fullmatch(r"\d+(\s*/\s*\d+)*", name)):
         raise UserError(f"{name!r} looks like a cluster path; choose a name that is not one")
     names = dict(run.names)
     if name:

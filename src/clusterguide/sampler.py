@@ -23,7 +23,7 @@ from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import load_generator
 from clusterguide.imaging import to_uint8
 from clusterguide.run import Run
-from clusterguide.seeding import derive_seed, randn_streams
+from clusterguide.seeding import BLOCK, derive_seed, randn_streams
 
 METHODS = ("imle", "exact")
 
@@ -67,8 +67,14 @@ class ClusterSampler:
     def imle_latents(self, cluster: str, n: int, seed: int = 0) -> torch.Tensor:
         path = self.run.resolve(cluster)
         net = self.run.mapping_for(path).to(self.device).eval()
-        e = randn_streams(derive_seed(seed, "e", path), 0, n, net.aux_dim)
-        return net(e.to(self.device)).cpu()
+        stream = derive_seed(seed, "e", path)
+        out = []
+        # Map whole blocks of the e stream at a time: a matmul's rounding can depend on how many
+        # rows it sees, so mapping exactly the requested rows would tie sample i to n.
+        for start in range(0, n, BLOCK):
+            e = randn_streams(stream, start, BLOCK, net.aux_dim)
+            out.append(net(e.to(self.device)).cpu()[: n - start])
+        return torch.cat(out)
 
     @torch.no_grad()
     def exact_latents(

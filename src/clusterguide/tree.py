@@ -95,8 +95,12 @@ class ClusterTree:
         """Boolean mask: latent falls in every cluster along ``path``."""
         mask = np.ones(z.shape[0], dtype=bool)
         for node in self.ancestors(self.check(path)):
+            rows = np.nonzero(mask)[0]
+            if len(rows) == 0:
+                break
+            # Deeper layers only for latents still inside: deep in a tree most are already out.
             index = int(node.rsplit("/", 1)[-1])
-            mask &= self.assign_at(G, z, parent_of(node)) == index
+            mask[rows] = self.assign_at(G, z[torch.from_numpy(rows)], parent_of(node)) == index
         return mask
 
     @torch.no_grad()

@@ -143,6 +143,12 @@ def info(run_dir):
     click.echo(f"  fit: layer {run.fit.layer}, k {run.fit.clusters}, samples {run.fit.samples}, seed {run.fit.seed}"
                + (f", class {run.fit.class_label}" if run.fit.class_label is not None else ""))
     click.echo(f"  mapping: recipe {run.mapping.recipe}, epochs {run.mapping.epochs}, width {run.mapping.width}")
+    for event in run.history:
+        if event.get("event") == "refine":
+            click.echo(f"  refined {event['cluster']} at {event['layer']}: k {event['k']}, samples {event['samples']}, "
+                       f"seed {event['seed']}, acceptance {event['acceptance']:.3f}"
+                       + (f", mapping {event['mapping']['recipe']} {event['mapping']['epochs']} epochs"
+                          if "mapping" in event else ""))
     rows = []
     for path in run.clusters():
         m = run.cluster_metrics(path)
@@ -150,9 +156,14 @@ def info(run_dir):
         rows.append([
             "  " * depth + path, run.names.get(path, ""), run.tree.layer_of(path), run.tree.stats[path]["size"],
             run.tree.stats[path]["share"], m.get("fidelity"), m.get("norm_ratio"), m.get("recall"),
-            "" if path in run.tree.splits else "leaf",
+            _node_kind(run, path),
         ])
-    click.echo(table(["cluster", "name", "layer", "size", "p_c", "fidelity", "norm_ratio", "recall", ""], rows))
+    click.echo(table(["cluster", "name", "layer", "size", "p_c", "fidelity", "norm_ratio", "recall", "node"], rows))
     if run.skipped:
         for path, why in run.skipped.items():
             click.echo(f"  note: cluster {path} has no mapping: {why}")
+
+
+def _node_kind(run, path: str) -> str:
+    split = run.tree.splits.get(path)
+    return f"split @ {split.layer} into {split.k}" if split else "leaf"

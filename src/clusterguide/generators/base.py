@@ -1,8 +1,10 @@
 """The generator protocol every adapter implements.
 
 An adapter wraps a pretrained generator G and exposes the split the method needs:
-``head(z, layer)`` is G_[n](z), the representation after a named layer, and ``tail(h, layer)``
-runs the rest of the network, so ``tail(head(z, L), L) == synthesize(z)``.
+``head(z, layer)`` is G_[n](z), the representation after a named layer, and ``tail(h, layer, z=z)``
+runs the rest of the network, so ``tail(head(z, L), L, z=z) == synthesize(z)``. Style-based and
+class-conditional generators feed the latent into every later layer too, so their ``tail`` needs
+``z``; purely sequential ones (DCGAN, PGAN) ignore it.
 
 Adapters are ``nn.Module`` subclasses: they load on CPU in fp32 and the caller moves them with
 ``.to(device)``. Images come out as float tensors in [-1, 1], shape (N, 3, H, W).
@@ -67,8 +69,9 @@ class GeneratorAdapter(nn.Module):
         """G_[n](z): the representation after ``layer``."""
         raise NotImplementedError
 
-    def tail(self, h: torch.Tensor, layer: str) -> torch.Tensor:
-        """The rest of G after ``layer``; returns images in [-1, 1]."""
+    def tail(self, h: torch.Tensor, layer: str, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The rest of G after ``layer`` (``z``: the latent, for generators that need it again);
+        returns images in [-1, 1]."""
         raise NotImplementedError
 
     def synthesize(self, z: torch.Tensor) -> torch.Tensor:

@@ -80,7 +80,7 @@ class CustomAdapter(GeneratorAdapter):
             handle.remove()
         raise UserError(f"layer {layer!r} is not used in the forward pass of {self.name!r}")
 
-    def tail(self, h: torch.Tensor, layer: str) -> torch.Tensor:
+    def tail(self, h: torch.Tensor, layer: str, z: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(self.net, nn.Sequential) or layer not in dict(self.net.named_children()):
             raise UserError(f"tail() needs a top-level layer of an nn.Sequential; {layer!r} is not one")
         names = [n for n, _ in self.net.named_children()]

@@ -110,7 +110,7 @@ class DCGANAdapter(GeneratorAdapter):
         x = z.view(z.shape[0], -1, 1, 1)
         return self.net.main[: self._block_end(layer)](x)
 
-    def tail(self, h: torch.Tensor, layer: str) -> torch.Tensor:
+    def tail(self, h: torch.Tensor, layer: str, z: torch.Tensor | None = None) -> torch.Tensor:
         return self.net.main[self._block_end(layer) :](h)
 
     def synthesize(self, z: torch.Tensor) -> torch.Tensor:

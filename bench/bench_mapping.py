@@ -1,0 +1,130 @@
+"""Benchmark: the paper's mapping recipe against the default one, side by side in one run.
+
+For each variant it runs the whole fit (prior latents, features, k-means, all mappings, metrics)
+on the same generator, layer, k and seed, and prints a table: fit seconds, per-cluster fidelity,
+norm ratio, precision and recall. Then it times sampling: plain G(z), IMLE sampling G(T_c(e)),
+and exact (rejection) sampling per image.
+
+    .venv/bin/python bench/bench_mapping.py                       # the table in docs/benchmarks.md
+    .venv/bin/python bench/bench_mapping.py --variants fast --set epochs=20   # quick experiments
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from clusterguide.fit import fit_run
+from clusterguide.generators import GeneratorSpec, load_generator
+from clusterguide.mapping import MappingConfig
+from clusterguide.progress import set_progress
+from clusterguide.run import FitConfig
+from clusterguide.sampler import ClusterSampler
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        field_type = type(getattr(MappingConfig(), key))
+        out[key] = value.lower() in ("1", "true", "yes") if field_type is bool else field_type(value)
+    return out
+
+
+def time_sampling(sampler: ClusterSampler, clusters: list[str], n: int, batch: int) -> dict:
+    G = sampler.generator
+    z = G.sample_latents(n, 123)
+    sampler.synthesize(z[:batch], batch)  # warm-up
+    t = time.perf_counter()
+    sampler.synthesize(z, batch)
+    plain = (time.perf_counter() - t) / n
+    imle, exact = {}, {}
+    for c in clusters:
+        t = time.perf_counter()
+        sampler(c, n, seed=1, method="imle", batch_size=batch)
+        imle[c] = (time.perf_counter() - t) / n
+        t = time.perf_counter()
+        out = sampler(c, n, seed=1, method="exact", batch_size=batch)
+        exact[c] = {"s_per_image": (time.perf_counter() - t) / n, "acceptance": out.acceptance_rate}
+    return {"plain_s_per_image": plain, "imle_s_per_image": imle, "exact": exact}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--generator", default="digiface-dcgan")
+    ap.add_argument("--layer", default="block1")
+    ap.add_argument("--clusters", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=20000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", default="paper,fast", help="comma-separated recipes")
+    ap.add_argument("--set", action="append", default=[], help="override the fast recipe: key=value")
+    ap.add_argument("--paper-epochs", type=int, default=None, help="shorten the paper recipe (default 400)")
+    ap.add_argument("--sample-n", type=int, default=256, help="images per cluster for the sampling timings")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default="bench/out/mapping.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_progress(sys.stderr.isatty())
+
+    spec = GeneratorSpec(args.generator)
+    G = load_generator(spec)
+    fit_cfg = FitConfig(layer=args.layer, clusters=args.clusters, samples=args.samples, seed=args.seed)
+    results = []
+    for variant in args.variants.split(","):
+        overrides = parse_overrides(args.set) if variant == "fast" else {"epochs": args.paper_epochs}
+        cfg = MappingConfig.preset(variant, seed=args.seed, **overrides)
+        print(f"== {variant}: {cfg}", flush=True)
+        run, _ = fit_run(spec, fit_cfg, cfg, generator=G, log=print)
+        sampler = ClusterSampler(G, run)
+        timing = time_sampling(sampler, run.leaves(), args.sample_n, 64)
+        results.append({"variant": variant, "config": cfg.to_json(), "metrics": run.metrics, "sampling": timing})
+        print_variant(results[-1], flush=True)
+
+    print()
+    print(summary_table(results))
+    if len(results) == 2:
+        speedup = results[0]["metrics"]["fit_seconds"] / results[1]["metrics"]["fit_seconds"]
+        print(f"\nfit speed-up {results[1]['variant']} vs {results[0]['variant']}: {speedup:.1f}x")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "args": vars(args)}
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=float))
+    print(f"wrote {out}")
+    return 0
+
+
+def print_variant(result: dict, flush: bool = False) -> None:
+    m = result["metrics"]
+    print(f"{result['variant']}: fit {m['fit_seconds']:.1f}s  timings {m.get('timings')}", flush=flush)
+
+
+def summary_table(results: list[dict]) -> str:
+    lines = ["| variant | fit s | cluster | size | fidelity | norm ratio | precision | recall | IMLE s/img | exact s/img (acceptance) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = r["sampling"]
+        for i, row in enumerate(r["metrics"]["clusters"]):
+            c = row["id"]
+            ex = s["exact"][c]
+            lines.append(
+                f"| {r['variant'] if i == 0 else ''} | {r['metrics']['fit_seconds']:.1f} if i == 0 else '' | {c} | {row['size']} "
+                .replace(" if i == 0 else ''", "") if i == 0 else f"| | | {c} | {row['size']} "
+            )
+            lines[-1] += (
+                f"| {row['fidelity']:.3f} | {row['norm_ratio']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} "
+                f"| {s['imle_s_per_image'][c] * 1e3:.2f} ms | {ex['s_per_image'] * 1e3:.2f} ms ({ex['acceptance']:.2f}) |"
+            )
+        lines.append(f"| | | plain G(z) | | | | | | {s['plain_s_per_image'] * 1e3:.2f} ms | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

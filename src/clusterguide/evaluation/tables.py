@@ -1,0 +1,392 @@
+"""The paper's Tables 1 and 2, measured offline with a probe.
+
+**Table 1** (attribute consistency): for every cluster of a run, and for random prior samples, the
+mean and standard deviation of each attribute over the images where the probe found what it
+measures, and that detection rate; once for IMLE samples G(T_c(e)) and once for exact samples
+(prior latents that fall in the cluster).
+
+**Table 2** (target attributes): for a condition such as ``yaw>10``, the share of images that meet it
+(undetected faces count as misses, as in the paper), from
+
+- this method: the cluster that meets the target best, sampled with IMLE and exactly;
+- GANSpace and SeFa: the direction (component and sign) and step that meet it best;
+- random prior samples.
+
+Choices are made on a separate *selection* stream of ``select_n`` images per candidate and the
+shares are then measured on ``n`` fresh images, so no row profits from picking its own noise. Every
+row uses the same generator, the same probe and the same number of images. Baseline edits start
+from the same prior latents the random row uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+import clusterguide
+from clusterguide.display import table
+from clusterguide.errors import UserError
+from clusterguide.evaluation.baselines import Directions, Edit, edit_latents, ganspace, prior_latents, sefa
+from clusterguide.evaluation.probes import Probe, ProbeResult, measure
+from clusterguide.evaluation.targets import Target
+from clusterguide.progress import progress
+from clusterguide.sampler import METHODS, ClusterSampler
+from clusterguide.seeding import derive_seed
+
+PRIOR = "prior"  # the cluster column of the random-sampling row of Table 1
+FORMAT = "clusterguide-evaluation"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything that decides the numbers; saved in the evaluation JSON."""
+
+    probe: str = "face"  # registered probe name
+    n: int = 500  # images per row of both tables
+    seed: int = 0  # seed of the evaluation streams (selection streams are derived from it)
+    methods: tuple[str, ...] = ("imle", "exact")  # sampling methods of this method's rows
+    select_n: int = 64  # images per candidate when choosing a cluster, direction or step
+    components: int = 10  # GANSpace / SeFa directions considered (strongest first)
+    steps: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0)  # step lengths tried along a direction
+    shortlist: int = 3  # (component, sign) pairs, ranked at the middle step, whose steps are all tried
+    ganspace_layer: str | None = None  # None: the run's clustering layer; "latent": PCA of the latents
+    ganspace_samples: int = 4000  # prior samples for GANSpace's PCA
+    batch_size: int = 64  # images per generator pass
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["methods"], data["steps"] = list(self.methods), list(self.steps)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EvalConfig":
+        data = dict(data)
+        data["methods"], data["steps"] = tuple(data["methods"]), tuple(data["steps"])
+        return cls(**data)
+
+    def check(self) -> "EvalConfig":
+        if self.n < 1:
+            raise UserError(f"-n must be at least 1 (got {self.n})")
+        if self.select_n < 1:
+            raise UserError(f"--select-n must be at least 1 (got {self.select_n})")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.components < 1:
+            raise UserError(f"--components must be at least 1 (got {self.components})")
+        if not self.steps or any(not s > 0 for s in self.steps):
+            raise UserError(f"--steps must be positive numbers (got {', '.join(f'{s:g}' for s in self.steps) or 'none'})")
+        if self.ganspace_samples <= self.components:
+            raise UserError(f"--ganspace-samples ({self.ganspace_samples}) must exceed --components ({self.components})")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise UserError(f"unknown method {unknown[0] if unknown else '(none)'!r}; choose from: {', '.join(METHODS)}")
+        return self
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def attribute_stats(result: ProbeResult) -> dict[str, dict]:
+    """Mean, standard deviation and count of each attribute over the images where it is defined."""
+    out = {}
+    for name, values in result.values.items():
+        v = np.asarray(values, dtype=np.float64)[np.asarray(result.detected)]
+        v = v[~np.isnan(v)]
+        out[name] = {
+            "mean": float(v.mean()) if len(v) else None,
+            "std": float(v.std()) if len(v) else None,
+            "n": int(len(v)),
+        }
+    return out
+
+
+def _values_json(result: ProbeResult, digits: int = 3) -> dict[str, list]:
+    """Per-image values for plots; None where not measured."""
+    out = {}
+    for name, values in result.values.items():
+        v = np.where(np.asarray(result.detected), np.asarray(values, dtype=np.float64), np.nan)
+        out[name] = [None if np.isnan(x) else round(float(x), digits) for x in v]
+    return out
+
+
+def measure_latents(sampler: ClusterSampler, probe: Probe, z: torch.Tensor, batch_size: int = 64) -> ProbeResult:
+    """Synthesize G(z) and measure it, batch by batch."""
+    return measure(probe, sampler.synthesize(z, batch_size), batch_size=max(batch_size, 64), desc=f"probe {probe.name}")
+
+
+def _sample(sampler: ClusterSampler, cluster: str, n: int, seed: int, method: str, batch_size: int):
+    return sampler(cluster, n, seed=seed, method=method, batch_size=batch_size)
+
+
+def _clusters_for(sampler: ClusterSampler, method: str) -> list[str]:
+    run = sampler.run
+    return [c for c in run.clusters() if method != "imle" or c in run.mappings]
+
+
+# ---- Table 1 -------------------------------------------------------------------------------------
+
+
+def table1(sampler: ClusterSampler, probe: Probe, config: EvalConfig) -> list[dict]:
+    """One row per (cluster, method) and one for random prior samples."""
+    run = sampler.run
+    jobs = [(c, m) for m in config.methods for c in run.clusters()]
+    rows = []
+    for cluster, method in progress(jobs, total=len(jobs), desc="Table 1", unit="cluster"):
+        row = {"cluster": cluster, "name": run.names.get(cluster, ""), "method": method, "n": config.n,
+               "share": run.tree.stats.get(cluster, {}).get("share")}
+        if method == "imle" and cluster not in run.mappings:
+            rows.append({**row, "skipped": run.skipped.get(cluster, "no mapping")})
+            continue
+        try:
+            out = _sample(sampler, cluster, config.n, config.seed, method, config.batch_size)
+        except UserError as exc:  # an exact sample of a very rare cluster can run out of tries
+            rows.append({**row, "skipped": str(exc)})
+            continue
+        rows.append(_row(row, measure(probe, out.images, config.batch_size), out.acceptance_rate))
+    out = sampler.random(config.n, seed=config.seed, batch_size=config.batch_size)
+    prior = {"cluster": PRIOR, "name": "random prior samples", "method": PRIOR, "n": config.n, "share": 1.0}
+    rows.append(_row(prior, measure(probe, out.images, config.batch_size), None))
+    return rows
+
+
+def _row(row: dict, result: ProbeResult, acceptance: float | None) -> dict:
+    return {
+        **row,
+        "acceptance_rate": acceptance,
+        "detection_rate": result.detection_rate,
+        "stats": attribute_stats(result),
+        "values": _values_json(result),
+    }
+
+
+# ---- Table 2 -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Candidates:
+    """Probe results of every candidate setting on the selection stream, measured once for all targets."""
+
+    results: dict = field(default_factory=dict)  # key -> ProbeResult
+
+    def get(self, key, compute: Callable[[], ProbeResult]) -> ProbeResult:
+        if key not in self.results:
+            self.results[key] = compute()
+        return self.results[key]
+
+
+def _score(target: Target, result: ProbeResult) -> tuple[float, float]:
+    """Selection score: share meeting the target, then the mean value in the target's direction."""
+    v = np.asarray(result.values[target.attribute], dtype=np.float64)[np.asarray(result.detected)]
+    v = v[~np.isnan(v)]
+    return target.share(result), (target.sign * float(v.mean()) if len(v) else -np.inf)
+
+
+def _outcome(target: Target, result: ProbeResult) -> dict:
+    v = np.asarray(result.values[target.attribute], dtype=np.float64)[np.asarray(result.detected)]
+    v = v[~np.isnan(v)]
+    return {
+        "share": target.share(result),
+        "detection_rate": result.detection_rate,
+        "mean": float(v.mean()) if len(v) else None,
+        "std": float(v.std()) if len(v) else None,
+        "n": len(result),
+    }
+
+
+def baseline_directions(sampler: ClusterSampler, config: EvalConfig) -> list[Directions]:
+    G = sampler.generator
+    layer = config.ganspace_layer or sampler.run.fit.layer
+    gs = ganspace(
+        G,
+        None if layer == "latent" else G.check_layer(layer),
+        n=config.ganspace_samples,
+        seed=derive_seed(config.seed, "ganspace"),
+        components=config.components,
+    )
+    return [gs, sefa(G, components=config.components)]
+
+
+def table2(
+    sampler: ClusterSampler,
+    probe: Probe,
+    targets: list[Target],
+    config: EvalConfig,
+    directions: list[Directions] | None = None,
+) -> list[dict]:
+    """One block per target: the best cluster per method, the best GANSpace and SeFa edits, random."""
+    if not targets:
+        return []
+    names = probe.attribute_names()
+    for t in targets:
+        if t.attribute not in names:
+            raise UserError(f"target {t}: probe {probe.name!r} measures no {t.attribute!r}; it measures: {', '.join(names)}")
+    G, run, bs = sampler.generator, sampler.run, config.batch_size
+    sel_seed = derive_seed(config.seed, "select")
+    directions = directions if directions is not None else baseline_directions(sampler, config)
+    z_select = prior_latents(G, config.select_n, derive_seed(sel_seed, "baseline"))
+    z_eval = prior_latents(G, config.n, derive_seed(config.seed, "baseline"))
+    cand = _Candidates()
+    evaluated = _Candidates()  # final measurements, shared between targets that pick the same setting
+    middle = config.steps[(len(config.steps) - 1) // 2]
+
+    def edited(dirs: Directions, edit: Edit, z: torch.Tensor) -> ProbeResult:
+        return measure_latents(sampler, probe, edit_latents(z, dirs, edit), bs)
+
+    blocks = []
+    for target in progress(targets, total=len(targets), desc="Table 2", unit="target"):
+        rows = []
+        # this method: the best cluster for each sampling method
+        for method in config.methods:
+            clusters = _clusters_for(sampler, method)
+            best, best_score = None, (-1.0, -np.inf)
+            for c in clusters:
+                try:
+                    res = cand.get(("cluster", method, c),
+                                   lambda: measure(probe, _sample(sampler, c, config.select_n, sel_seed, method, bs).images, bs))
+                except UserError:
+                    continue
+                score = _score(target, res)
+                if score > best_score:
+                    best, best_score = c, score
+            if best is None:
+                continue
+            res = evaluated.get(("cluster", method, best),
+                                lambda: measure(probe, _sample(sampler, best, config.n, config.seed, method, bs).images, bs))
+            rows.append({
+                "method": f"clusterguide ({method})", "family": "clusterguide",
+                "setting": {"cluster": best, "name": run.names.get(best, ""), "method": method},
+                "select_share": best_score[0], **_outcome(target, res),
+            })
+        # the baselines: shortlist (component, sign) at the middle step, then try every step on it
+        for dirs in directions:
+            ranked = []
+            for k in range(len(dirs)):
+                for sign in (1, -1):
+                    e = Edit(k, sign, middle)
+                    res = cand.get((dirs.method, e), lambda: edited(dirs, e, z_select))
+                    ranked.append((_score(target, res), -k, e))
+            ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)
+            best_edit, best_score = None, (-1.0, -np.inf)
+            for _, _, e0 in ranked[: config.shortlist]:
+                for step in config.steps:
+                    e = Edit(e0.component, e0.sign, step)
+                    score = _score(target, cand.get((dirs.method, e), lambda: edited(dirs, e, z_select)))
+                    if score > best_score:
+                        best_edit, best_score = e, score
+            res = evaluated.get((dirs.method, best_edit), lambda: edited(dirs, best_edit, z_eval))
+            rows.append({
+                "method": {"ganspace": "GANSpace", "sefa": "SeFa"}[dirs.method], "family": dirs.method,
+                "setting": {**best_edit.to_json(), "source": dirs.source,
+                            "strength": float(dirs.strengths[best_edit.component]),
+                            "direction": [round(float(x), 6) for x in dirs.vectors[best_edit.component]]},
+                "select_share": best_score[0], **_outcome(target, res),
+            })
+        res = evaluated.get(("random",), lambda: measure_latents(sampler, probe, z_eval, bs))
+        rows.append({"method": "random", "family": "random", "setting": {}, "select_share": None, **_outcome(target, res)})
+        blocks.append({"target": str(target), **target.to_json(), "rows": rows})
+    return blocks
+
+
+# ---- both tables ---------------------------------------------------------------------------------
+
+
+def evaluate(sampler: ClusterSampler, probe: Probe, config: EvalConfig, targets: list[Target] = ()) -> dict:
+    """Tables 1 and 2 as one JSON-ready dict."""
+    config.check()
+    run = sampler.run
+    t1 = table1(sampler, probe, config)
+    t2 = table2(sampler, probe, list(targets), config)
+    return {
+        "format": FORMAT,
+        "class": "Evaluation",
+        "version": clusterguide.__version__,
+        "run": str(run.path) if run.path else None,
+        "generator": {**run.generator.to_json(), "weights_id": run.generator_info.get("weights_id")},
+        "fit": run.fit.to_json(),
+        "config": config.to_json(),
+        "probe": {"name": probe.name, "description": probe.description,
+                  "attributes": [asdict(a) for a in probe.attributes]},
+        "table1": t1,
+        "table2": t2,
+    }
+
+
+# ---- images of a table's rows (for the report) ------------------------------------------------
+
+
+def table1_images(sampler: ClusterSampler, evaluation: dict, row: dict, n: int) -> np.ndarray:
+    """The first ``n`` of the images a Table 1 row measured (streams do not depend on n)."""
+    cfg = EvalConfig.from_json(evaluation["config"])
+    n = min(n, row["n"])
+    if row["method"] == PRIOR:
+        return sampler.random(n, seed=cfg.seed, batch_size=cfg.batch_size).images
+    return _sample(sampler, row["cluster"], n, cfg.seed, row["method"], cfg.batch_size).images
+
+
+def table2_images(sampler: ClusterSampler, evaluation: dict, row: dict, n: int) -> np.ndarray:
+    """The first ``n`` of the images a Table 2 row measured."""
+    cfg = EvalConfig.from_json(evaluation["config"])
+    n = min(n, row["n"])
+    s = row["setting"]
+    if "cluster" in s:
+        return _sample(sampler, s["cluster"], n, cfg.seed, s["method"], cfg.batch_size).images
+    z = prior_latents(sampler.generator, n, derive_seed(cfg.seed, "baseline"))
+    if "component" in s:
+        d = torch.tensor(s["direction"], dtype=torch.float32)
+        z = z + (s["sign"] * s["step"]) * d
+    return sampler.synthesize(z, cfg.batch_size)
+
+
+def check_matches(evaluation: dict, sampler: ClusterSampler) -> None:
+    """Refuse an evaluation JSON made for another run or generator."""
+    if not isinstance(evaluation, dict) or evaluation.get("format") != FORMAT:
+        raise UserError("the file is not a clusterguide evaluation (no evaluation format)")
+    run = sampler.run
+    if evaluation.get("fit") != run.fit.to_json() or (
+        evaluation.get("generator", {}).get("weights_id") != run.generator_info.get("weights_id")
+    ):
+        raise UserError("the evaluation was made for another run or generator; recompute it with `clusterguide evaluate`")
+
+
+# ---- text ----------------------------------------------------------------------------------------
+
+
+def _pm(stat: dict | None, digits: int = 2) -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def format_table1(evaluation: dict) -> str:
+    attrs = [a["name"] for a in evaluation["probe"]["attributes"]]
+    headers = ["cluster", "name", "method", "p_c", "accept", "detected", *attrs]
+    rows = []
+    for r in evaluation["table1"]:
+        if "skipped" in r:
+            rows.append([r["cluster"], r["name"], r["method"], r.get("share"), None, None] + ["-"] * len(attrs))
+            continue
+        rows.append([r["cluster"], r["name"], r["method"], r.get("share"), r.get("acceptance_rate"),
+                     r["detection_rate"], *(_pm(r["stats"].get(a)) for a in attrs)])
+    return table(headers, rows)
+
+
+def describe_setting(row: dict) -> str:
+    s = row["setting"]
+    if "cluster" in s:
+        return f"cluster {s['cluster']}" + (f" ({s['name']})" if s.get("name") else "")
+    if "component" in s:
+        return f"component {s['component']}, step {s['sign'] * s['step']:+g}"
+    return "-"
+
+
+def format_table2(evaluation: dict) -> str:
+    out = []
+    for block in evaluation["table2"]:
+        rows = [[r["method"], describe_setting(r), r["share"], r["detection_rate"],
+                 r["mean"], r["select_share"]] for r in block["rows"]]
+        out.append(f"target {block['target']} (share of all images; undetected count as misses)")
+        out.append(table(["method", "setting", "share", "detected", f"mean {block['attribute']}", "select share"], rows))
+    return "\n\n".join(out)
