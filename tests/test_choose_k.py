@@ -3,8 +3,7 @@ direct reference computations, the plot, and the command with its errors."""
 
 from __future__ import annotations
 
-import shutil
-
+import faiss
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,6 +11,15 @@ from PIL import Image
 from clusterguide import choose_k as ck
 from clusterguide.cli import main
 from clusterguide.errors import UserError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread():
+    # Tiny k-means runs: OpenMP threads only spin-wait here, badly so on a loaded machine.
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 def blobs(k: int, dim: int, seed: int, per: int = 200, spread: float = 10.0) -> np.ndarray:
@@ -118,23 +126,15 @@ def test_choose_k_command(tmp_path, capsys):
         assert image.size[0] == 3 * 330 + 32
 
 
-def test_choose_k_inside_a_cluster_of_a_run(tmp_path, capsys):
-    from clusterguide.fit import fit_run
-    from clusterguide.generators.registry import GeneratorSpec
-    from clusterguide.mapping import MappingConfig
-    from clusterguide.run import FitConfig
-
-    fit_cfg = FitConfig(layer="block1", clusters=2, samples=200, eval_samples=32, min_cluster_size=8)
-    mapping = MappingConfig.preset("fast", epochs=1, width=16, batch_size=32, consistency=0.0)
-    run, _ = fit_run(GeneratorSpec("tiny-dcgan"), fit_cfg, mapping, log=lambda m: None)
-    run_dir = run.save(tmp_path / "run")
+def test_choose_k_inside_a_cluster_of_a_run(tiny_run, tmp_path, capsys):
+    run_dir = tiny_run[0]
     code = main(["choose-k", "--run", str(run_dir), "--cluster", "1", "--layer", "block2", "--k-range", "2..4",
                  "--samples", "120", "--silhouette-samples", "100", "--eigengap-samples", "60",
                  "--out", str(tmp_path / "k.png"), "-q"])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "recommended k = " in text
-    shutil.rmtree(run_dir)
+    assert (tmp_path / "k.png").is_file()
 
 
 @pytest.mark.parametrize(

@@ -10,25 +10,14 @@ import pytest
 
 from clusterguide.cli import main
 from clusterguide.errors import UserError
-from clusterguide.fit import fit_run
-from clusterguide.generators.registry import GeneratorSpec
-from clusterguide.mapping import MappingConfig
-from clusterguide.run import FitConfig, Run, set_name
+from clusterguide.run import Run, set_name
 from clusterguide.sampler import ClusterSampler
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    fit_cfg = FitConfig(layer="block1", clusters=3, samples=300, seed=0, eval_samples=64, min_cluster_size=8)
-    # small and unguided: these tests are about the tree, not about how good the mappings are
-    mapping = MappingConfig.preset("fast", epochs=2, width=32, batch_size=32, consistency=0.0)
-    run, _ = fit_run(GeneratorSpec("tiny-dcgan"), fit_cfg, mapping, log=lambda m: None)
-    return run.save(tmp_path_factory.mktemp("names") / "run")
-
-
 @pytest.fixture()
-def run_dir(fitted, tmp_path):
-    return shutil.copytree(fitted, tmp_path / "run")
+def run_dir(tiny_run, tmp_path):
+    """A private copy of the shared 3-cluster tiny run (conftest.py)."""
+    return shutil.copytree(tiny_run[0], tmp_path / "run")
 
 
 def one_line_error(capsys, code: int, match: str) -> str:

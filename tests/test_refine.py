@@ -13,12 +13,9 @@ import torch
 import clusterguide.refine as refine_module
 from clusterguide.cli import main
 from clusterguide.errors import UserError
-from clusterguide.fit import fit_run
-from clusterguide.generators.registry import GeneratorSpec
-from clusterguide.mapping import MappingConfig
 from clusterguide.overview import overview_image
 from clusterguide.refine import collect_latents, refine_run
-from clusterguide.run import FitConfig, Run, set_name
+from clusterguide.run import Run, set_name
 from clusterguide.sampler import ClusterSampler
 from clusterguide.tree import parent_of
 
@@ -26,12 +23,9 @@ QUIET = {"log": lambda m: None}
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    fit_cfg = FitConfig(layer="block1", clusters=2, samples=300, seed=0, eval_samples=64, min_cluster_size=8)
-    # small and unguided: these tests are about the tree, not about how good the mappings are
-    mapping = MappingConfig.preset("fast", epochs=2, width=32, batch_size=32, consistency=0.0)
-    run, _ = fit_run(GeneratorSpec("tiny-dcgan"), fit_cfg, mapping, **QUIET)
-    return run.save(tmp_path_factory.mktemp("refine") / "run")
+def fitted(tiny_run):
+    """The shared 3-cluster tiny run (conftest.py); read-only, tests refine copies of it."""
+    return tiny_run[0]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +46,8 @@ def run_dir(fitted, tmp_path):
 
 def test_refine_builds_the_tree(tree_dir):
     run = Run.load(tree_dir)
-    assert run.clusters() == ["0", "1", "1/0", "1/0/0", "1/0/1", "1/1"]
-    assert run.leaves() == ["0", "1/0/0", "1/0/1", "1/1"]
+    assert run.clusters() == ["0", "1", "1/0", "1/0/0", "1/0/1", "1/1", "2"]
+    assert run.leaves() == ["0", "1/0/0", "1/0/1", "1/1", "2"]
     assert run.tree.splits["1"].layer == "block2" and run.tree.splits["1"].samples == 160
     stats = run.tree.stats
     assert stats["1/0"]["size"] + stats["1/1"]["size"] == 160
@@ -122,8 +116,8 @@ def test_refine_cli(run_dir, capsys):
     assert code == 0, out
     assert "refined cluster 0 at block2 into 0/0, 0/1: 80 latents from" in out
     run = Run.load(run_dir)
-    assert run.leaves() == ["0/0", "0/1", "1"]
-    assert run.history[-1]["mapping"]["epochs"] == 1 and run.mapping.epochs == 2  # override for this split only
+    assert run.leaves() == ["0/0", "0/1", "1", "2"]
+    assert run.history[-1]["mapping"]["epochs"] == 1 and run.mapping.epochs == 3  # override for this split only
 
 
 def test_refine_again_needs_force_and_drops_the_subtree(tree_dir, tmp_path, capsys):
@@ -135,7 +129,7 @@ def test_refine_again_needs_force_and_drops_the_subtree(tree_dir, tmp_path, caps
     assert len(err) == 1 and "already split at block2 into 2 (1/0, 1/1); pass --force" in err[0]
     refine_run(run_dir, "1", "block1", 3, samples=90, force=True, **QUIET)
     run = Run.load(run_dir)
-    assert run.clusters() == ["0", "1", "1/0", "1/1", "1/2"]
+    assert run.clusters() == ["0", "1", "1/0", "1/1", "1/2", "2"]
     assert "1/0" not in run.tree.splits and "1/0/0" not in run.tree.stats and "1/0/0" not in run.mappings
     assert {r["id"] for r in run.metrics["clusters"]} == set(run.clusters())
     assert run.names == {"1": "bright"}  # the name of a dropped cluster went with it

@@ -10,7 +10,6 @@ import torch
 from clusterguide.clustering import assign, fit_kmeans
 from clusterguide.errors import UserError
 from clusterguide.features import extract_features
-from clusterguide.generators.registry import load_generator
 from clusterguide.tree import ROOT, ClusterTree, Split, child_path, parent_of, path_key
 
 
@@ -48,9 +47,9 @@ def test_unknown_path_is_a_user_error(tree, bad):
 
 
 @pytest.fixture(scope="module")
-def two_level():
+def two_level(tiny_generator):
     """A two-level tree on the tiny generator built by hand: block1 into 2, cluster 1 at block2 into 3."""
-    G = load_generator("tiny-dcgan")
+    G = tiny_generator
     z = G.sample_latents(600, seed=3)
     f1 = extract_features(G, "block1", z)
     km1 = fit_kmeans(f1, 2, seed=0)

@@ -101,7 +101,7 @@ def open_gallery(page, gallery):
 
 def wait_idle(page):
     expect(page.locator("#progress")).to_be_hidden()
-    page.wait_for_function("[...document.querySelectorAll('.card img.grid')].every(i => i.complete && i.src)")
+    page.wait_for_function("() => [...document.querySelectorAll('.card img.grid')].every(i => i.complete && i.src)")
 
 
 def card(page, path: str):
