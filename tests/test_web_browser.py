@@ -101,7 +101,8 @@ def open_gallery(page, gallery):
 
 def wait_idle(page):
     expect(page.locator("#progress")).to_be_hidden()
-    page.wait_for_function("() => [...document.querySelectorAll('.card img.grid')].every(i => i.complete && i.src)")
+    shown = "() => [...document.querySelectorAll('.card img.grid')].every(i => i.complete && i.src)"
+    page.wait_for_function(shown)
 
 
 def card(page, path: str):
@@ -158,6 +159,12 @@ def test_resample_all_with_the_toolbar_settings(page, gallery):
     page.click("#resample-all")
     expect(page.locator("#toast")).to_contain_text("count must be")
     expect(card(page, "0").locator(".meta")).to_contain_text("seed 7 · 4 images")
+    # the dice: a random seed, drawn for every card
+    page.fill("#count", "2")
+    page.click("#seed-random")
+    wait_idle(page)
+    seed = page.input_value("#seed")
+    expect(card(page, "2").locator(".meta")).to_contain_text(f"seed {seed} · 2 images")
 
 
 def test_rename_persists_across_a_reload(page, gallery, run_dir, console_errors):
@@ -171,7 +178,12 @@ def test_rename_persists_across_a_reload(page, gallery, run_dir, console_errors)
     page.reload()
     open_gallery(page, gallery)
     expect(card(page, "2").locator(".name-input")).to_have_value("dark hair")
-    # the Save button does the same; a taken name is refused in the card
+    # Escape gives up an edit
+    name_input = card(page, "2").locator(".name-input")
+    name_input.fill("something else")
+    name_input.press("Escape")
+    expect(name_input).to_have_value("dark hair")
+    # the Save button does the same as Enter; a taken name is refused in the card
     other = card(page, "0")
     other.locator(".name-input").fill("Dark hair")
     other.locator("button.save").click()

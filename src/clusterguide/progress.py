@@ -39,7 +39,7 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", un
 
 
 @contextmanager
-def bar(total: int, desc: str = "", unit: str = "it"):
+def bar(total: int | None, desc: str = "", unit: str = "it"):
     """A manual bar: ``with bar(n) as b: b.update(k)``; a no-op object when silenced."""
     if not _active():
         class _Null:

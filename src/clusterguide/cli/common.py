@@ -20,7 +20,7 @@ def generator_options(f):
         click.option("--checkpoint", default=None, help="Checkpoint file or published checkpoint name."),
         click.option("--latent-space", type=click.Choice(["z", "w"]), default=None,
                      help="Space the mappings model (StyleGAN2 only; default z, as the paper)."),
-        click.option("--truncation", type=float, default=None, help="Truncation of the prior (BigGAN)."),
+        click.option("--truncation", type=float, default=None, help="Truncation of the prior (BigGAN truncation, StyleGAN psi)."),
     ]
     for option in reversed(options):
         f = option(f)

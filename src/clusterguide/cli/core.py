@@ -33,7 +33,7 @@ def layers(generator, checkpoint, latent_space, truncation, device):
 @click.option("--mapping", "recipe", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
               help="Mapping recipe: the faster, better default or Algorithm 1 as published.")
 @click.option("--epochs", type=int, default=None, help="Mapping epochs (default: the recipe's).")
-@click.option("--class", "class_label", type=int, default=None, help="Class to cluster within (BigGAN).")
+@click.option("--class", "class_label", type=int, default=None, help="Class to cluster within (class-conditional generators: BigGAN, StyleGAN2 cifar10).")
 @click.option("--pool", type=int, default=None, help="Average-pool feature maps to PxP before k-means.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--out", required=True, type=click.Path(), help="Run folder to create.")

@@ -380,11 +380,11 @@ def _is_loopback_host(host: str) -> bool:
 class Handler(BaseHTTPRequestHandler):
     server: GalleryServer
     server_version = "clusterguide-gallery"
-
-    def version_string(self) -> str:
-        return self.server_version
     protocol_version = "HTTP/1.0"  # one request per connection: a refused body can't leak into the next
     timeout = 60  # seconds a silent client may hold a thread
+
+    def version_string(self) -> str:  # no Python version in the Server header
+        return self.server_version
 
     # ---- dispatch ---------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -473,13 +473,11 @@ class Handler(BaseHTTPRequestHandler):
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise HTTPError(415, "Content-Type must be application/json")
-        origin = self.headers.get("Origin")
-        if origin is not None and origin != "null":
+        origin = self.headers.get("Origin")  # browsers send it with every POST
+        if origin is not None:
             netloc = urllib.parse.urlsplit(origin).netloc
-            if netloc != self.headers.get("Host", netloc):
+            if origin == "null" or netloc != self.headers.get("Host", netloc):
                 raise HTTPError(403, "cross-origin requests are not accepted")
-        elif origin == "null":
-            raise HTTPError(403, "cross-origin requests are not accepted")
         body = self.rfile.read(int(length))
         self._unread = 0
         if len(body) != int(length):
