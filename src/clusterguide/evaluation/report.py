@@ -47,7 +47,7 @@ def _pct(x) -> str:
 
 
 def svg_histograms(
-    series: list[tuple[str, list, str]], lo: float, hi: float, bins: int = 24, width: int = 220, height: int = 70
+    series: list[tuple[str, list, str]], lo: float, hi: float, bins: int = 24, width: int = 170, height: int = 64
 ) -> str:
     """Overlaid step histograms (density per series) of ``(label, values, colour)`` on [lo, hi]."""
     pad_b, pad_t = 14, 4
@@ -80,7 +80,7 @@ def svg_histograms(
     return "".join(parts)
 
 
-def svg_bars(rows: list[tuple[str, float, str]], reference: tuple[str, float] | None = None, width: int = 420) -> str:
+def svg_bars(rows: list[tuple[str, float, str]], reference: tuple[str, float] | None = None, width: int = 560) -> str:
     """Horizontal bars of shares in [0, 1]: ``(label, share, colour)``; an optional dashed reference."""
     label_w, bar_h, gap = 150, 18, 6
     plot_w = width - label_w - 50

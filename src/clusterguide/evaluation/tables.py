@@ -132,7 +132,7 @@ def _clusters_for(sampler: ClusterSampler, method: str) -> list[str]:
 def table1(sampler: ClusterSampler, probe: Probe, config: EvalConfig) -> list[dict]:
     """One row per (cluster, method) and one for random prior samples."""
     run = sampler.run
-    jobs = [(c, m) for m in config.methods for c in run.clusters()]
+    jobs = [(c, m) for c in run.clusters() for m in config.methods]
     rows = []
     for cluster, method in progress(jobs, total=len(jobs), desc="Table 1", unit="cluster"):
         row = {"cluster": cluster, "name": run.names.get(cluster, ""), "method": method, "n": config.n,
