@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from clusterguide.errors import UserError
-from clusterguide.evaluation.baselines import Directions, Edit, edit_latents, first_layer_weight, ganspace, sefa
+from clusterguide.evaluation.baselines import (
+    Directions,
+    Edit,
+    edit_latents,
+    first_layer_weight,
+    ganspace,
+    sefa,
+)
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import load_generator
 
@@ -56,7 +63,7 @@ def test_sefa_matches_the_closed_form(tiny):
     assert dirs.method == "sefa" and dirs.source == "weight of net.main.0"
     w = tiny.net.main[0].weight.detach().double().numpy().reshape(tiny.latent_dim, -1)  # (in, out*kh*kw)
     w = w / np.linalg.norm(w, axis=0, keepdims=True)
-    vals, vecs = np.linalg.eigh(w @ w.T)
+    _, vecs = np.linalg.eigh(w @ w.T)
     for k in range(5):
         assert abs(float(dirs.vectors[k] @ vecs[:, -1 - k])) > 0.999
     assert np.all(np.diff(dirs.strengths) <= 1e-7)  # strongest first
@@ -68,21 +75,27 @@ def test_sefa_first_direction_moves_the_first_layer_most(tiny):
     dirs = sefa(tiny, components=1)
     _, w = first_layer_weight(tiny)
     w = w / np.linalg.norm(w, axis=0, keepdims=True)
-    gain = lambda d: float(np.linalg.norm(d @ w))  # noqa: E731
+
+    def gain(d: np.ndarray) -> float:
+        return float(np.linalg.norm(d @ w))
+
     rng = np.random.default_rng(0)
     best_random = max(gain(_unit(rng.standard_normal(tiny.latent_dim))) for _ in range(200))
     assert gain(dirs.vectors[0].astype(np.float64)) >= best_random
 
 
-def test_sefa_uses_an_adapters_own_weight(tiny):
+def test_sefa_uses_an_adapters_own_weight():
     class Hooked(LinearGenerator):
         def sefa_weight(self):
-            return np.diag([1.0, 5.0, 2.0, 0.5, 0.1, 0.2])
+            # three unit-norm features: two read latent axis 0, one reads axis 1 -> A A^T = 2 e0e0' + e1e1'
+            w = np.zeros((6, 3))
+            w[0, 0], w[0, 1], w[1, 2] = 3.0, 0.5, 2.0  # column norms differ; SeFa normalises them away
+            return w
 
     dirs = sefa(Hooked(np.eye(6)), components=2)
     assert dirs.source == "sefa_weight()"
-    # column normalisation makes every axis equal here; the hook's matrix was used (6 dims, eigenvectors are axes)
-    assert np.allclose(np.abs(dirs.vectors).max(axis=1), 1.0, atol=1e-6)
+    assert abs(dirs.vectors[0, 0]) == pytest.approx(1.0) and abs(dirs.vectors[1, 1]) == pytest.approx(1.0)
+    assert dirs.strengths[0] == pytest.approx(2 / 3) and dirs.strengths[1] == pytest.approx(1 / 3)
 
 
 def test_sefa_without_a_layer_that_reads_the_latent_is_a_user_error():

@@ -12,7 +12,7 @@ import pytest
 from clusterguide.cli import main
 from clusterguide.evaluation.probes import load_probe
 from clusterguide.evaluation.report import svg_bars, svg_histograms
-from clusterguide.evaluation.tables import EvalConfig, PRIOR, evaluate, table1_images, table2_images
+from clusterguide.evaluation.tables import PRIOR, EvalConfig, evaluate, table1_images, table2_images
 from clusterguide.evaluation.targets import parse_target
 from clusterguide.fit import fit_run
 from clusterguide.generators.registry import GeneratorSpec
@@ -20,8 +20,21 @@ from clusterguide.mapping import MappingConfig
 from clusterguide.run import FitConfig
 from clusterguide.sampler import ClusterSampler
 
-SMALL = ["-n", "12", "--select-n", "6", "--components", "2", "--steps", "1,3", "--ganspace-samples", "200",
-         "--probe", "image", "-q"]
+SMALL = [
+    "-n",
+    "12",
+    "--select-n",
+    "6",
+    "--components",
+    "2",
+    "--steps",
+    "1,3",
+    "--ganspace-samples",
+    "200",
+    "--probe",
+    "image",
+    "-q",
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +71,9 @@ def test_table1_has_every_cluster_and_method_and_the_prior(evaluation):
     stats = row["stats"]["brightness"]
     values = np.array(row["values"]["brightness"])
     assert len(values) == 12 and stats["n"] == 12
-    assert stats["mean"] == pytest.approx(values.mean(), abs=1e-3) and stats["std"] == pytest.approx(values.std(), abs=1e-3)
+    assert stats["mean"] == pytest.approx(values.mean(), abs=1e-3) and stats["std"] == pytest.approx(
+        values.std(), abs=1e-3
+    )
 
 
 def test_table1_images_are_the_measured_ones(evaluation):
@@ -105,8 +120,14 @@ def test_the_chosen_cluster_is_the_best_on_the_selection_stream(run_dir, evaluat
     cfg = EvalConfig.from_json(ev["config"])
     from clusterguide.seeding import derive_seed
 
-    shares = {c: target.share(probe.measure(sampler(c, cfg.select_n, seed=derive_seed(cfg.seed, "select"), method="exact").images))
-              for c in ("0", "1", "2")}
+    shares = {
+        c: target.share(
+            probe.measure(
+                sampler(c, cfg.select_n, seed=derive_seed(cfg.seed, "select"), method="exact").images
+            )
+        )
+        for c in ("0", "1", "2")
+    }
     exact = ev["table2"][0]["rows"][1]
     assert exact["select_share"] == pytest.approx(max(shares.values()))
 
@@ -148,7 +169,9 @@ def test_report_is_one_self_contained_page(run_dir, tmp_path, capsys):
     page = tmp_path / "report.html"
     evaluation = run_dir.parent / "ev.json"
     main(["evaluate", str(run_dir), *SMALL, "--target", "brightness>0.4", "--json", str(evaluation)])
-    code = main(["report", str(run_dir), "--out", str(page), "--evaluation", str(evaluation), "--per-row", "4", "-q"])
+    code = main(
+        ["report", str(run_dir), "--out", str(page), "--evaluation", str(evaluation), "--per-row", "4", "-q"]
+    )
     assert code == 0, capsys.readouterr().err
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
@@ -164,7 +187,11 @@ def test_report_computes_when_there_is_no_json_and_refuses_a_foreign_one(run_dir
     assert main(["report", str(run_dir), "--out", str(page), "--fresh", *SMALL]) == 0
     assert "Table 2" not in page.read_text()  # no target given
     foreign = tmp_path / "foreign.json"
-    data = json.loads((run_dir.parent / "ev.json").read_text()) if (run_dir.parent / "ev.json").exists() else None
+    data = (
+        json.loads((run_dir.parent / "ev.json").read_text())
+        if (run_dir.parent / "ev.json").exists()
+        else None
+    )
     if data is None:
         main(["evaluate", str(run_dir), *SMALL, "--json", str(run_dir.parent / "ev.json")])
         data = json.loads((run_dir.parent / "ev.json").read_text())
@@ -178,5 +205,7 @@ def test_report_computes_when_there_is_no_json_and_refuses_a_foreign_one(run_dir
 def test_svg_plots_are_well_formed():
     import xml.etree.ElementTree as ET
 
-    ET.fromstring(svg_histograms([("imle", [0.1, 0.2, None, 0.9], "#123456"), (PRIOR, [0.5], "#999")], 0.0, 1.0))
+    ET.fromstring(
+        svg_histograms([("imle", [0.1, 0.2, None, 0.9], "#123456"), (PRIOR, [0.5], "#999")], 0.0, 1.0)
+    )
     ET.fromstring(svg_bars([("a<b", 0.5, "#000"), ("c", None, "#111")], ("ref", 0.95)))

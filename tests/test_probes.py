@@ -12,7 +12,6 @@ from PIL import Image
 from clusterguide.errors import UserError
 from clusterguide.evaluation.probes import ImageProbe, ProbeResult, load_probe, measure, probe_names
 
-
 # ---- generic probes and the registry ------------------------------------------------------------
 
 
@@ -107,8 +106,11 @@ def test_rotation_and_euler_angles_round_trip():
 
     def rot(axis, deg):
         c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
-        return {"x": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]), "y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
-                "z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])}[axis]
+        return {
+            "x": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]),
+            "y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
+            "z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]),
+        }[axis]
 
     # image axes: a positive turn about y moves the nose to the image's left, so yaw is its negative
     r = rot("z", 12) @ rot("y", -25) @ rot("x", -8)
@@ -140,14 +142,17 @@ def test_frontal_face_has_small_angles_and_mirror_changes_little(face, faces):
 def test_rotating_the_picture_clockwise_adds_to_roll(face, faces):
     big = face.upscale(faces[1])
     base = face.measure_one(big)["roll"]
-    clockwise = np.asarray(Image.fromarray(big).rotate(-15, resample=Image.BICUBIC, fillcolor=(128, 128, 128)))
+    clockwise = np.asarray(
+        Image.fromarray(big).rotate(-15, resample=Image.BICUBIC, fillcolor=(128, 128, 128))
+    )
     turned = face.measure_one(clockwise)
     assert turned is not None
     assert turned["roll"] - base == pytest.approx(15, abs=4)
 
 
 def test_open_mouth_measures_open(face, faces):
-    assert face.measure_one(faces[4])["mouth"] > 0.3 > 0.1 > face.measure_one(faces[1])["mouth"]
+    assert face.measure_one(faces[4])["mouth"] > 0.3
+    assert face.measure_one(faces[1])["mouth"] < 0.1
 
 
 def test_no_face_is_not_detected_and_has_no_values(face, faces):

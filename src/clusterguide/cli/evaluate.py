@@ -14,24 +14,62 @@ from clusterguide.evaluation.probes import probe_names
 def evaluation_options(f):
     """The options that decide an evaluation's numbers (shared by evaluate and report)."""
     options = [
-        click.option("--probe", type=click.Choice(probe_names()), default="face", show_default=True,
-                     help="Attribute probe (face needs pip install 'clusterguide[faces]')."),
-        click.option("-n", "n", type=int, default=500, show_default=True, help="Images per row of both tables."),
+        click.option(
+            "--probe",
+            type=click.Choice(probe_names()),
+            default="face",
+            show_default=True,
+            help="Attribute probe (face needs pip install 'clusterguide[faces]').",
+        ),
+        click.option(
+            "-n", "n", type=int, default=500, show_default=True, help="Images per row of both tables."
+        ),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--method", "methods", type=click.Choice(["imle", "exact"]), multiple=True,
-                     help="Sampling method(s) of the clusters' rows (default: both)."),
-        click.option("--target", "targets", multiple=True,
-                     help='Table 2 condition, e.g. "yaw>10", "yaw<-10", "mouth>0.3"; repeatable.'),
-        click.option("--select-n", type=int, default=64, show_default=True,
-                     help="Images per candidate when choosing a cluster, direction or step for Table 2."),
-        click.option("--components", type=int, default=10, show_default=True,
-                     help="GANSpace/SeFa directions considered."),
-        click.option("--ganspace-layer", default=None,
-                     help="Layer of GANSpace's PCA (default: the run's layer; 'latent' for the latents)."),
-        click.option("--ganspace-samples", type=int, default=4000, show_default=True,
-                     help="Prior samples for GANSpace's PCA."),
-        click.option("--steps", default="2,4,6,8", show_default=True,
-                     help="Step lengths tried along a GANSpace/SeFa direction (comma-separated)."),
+        click.option(
+            "--method",
+            "methods",
+            type=click.Choice(["imle", "exact"]),
+            multiple=True,
+            help="Sampling method(s) of the clusters' rows (default: both).",
+        ),
+        click.option(
+            "--target",
+            "targets",
+            multiple=True,
+            help='Table 2 condition, e.g. "yaw>10", "yaw<-10", "mouth>0.3"; repeatable.',
+        ),
+        click.option(
+            "--select-n",
+            type=int,
+            default=64,
+            show_default=True,
+            help="Images per candidate when choosing a cluster, direction or step for Table 2.",
+        ),
+        click.option(
+            "--components",
+            type=int,
+            default=10,
+            show_default=True,
+            help="GANSpace/SeFa directions considered.",
+        ),
+        click.option(
+            "--ganspace-layer",
+            default=None,
+            help="Layer of GANSpace's PCA (default: the run's layer; 'latent' for the latents).",
+        ),
+        click.option(
+            "--ganspace-samples",
+            type=int,
+            default=4000,
+            show_default=True,
+            help="Prior samples for GANSpace's PCA.",
+        ),
+        click.option(
+            "--steps",
+            default="2,4,6,8",
+            show_default=True,
+            help="Step lengths tried along a GANSpace/SeFa direction (comma-separated).",
+        ),
         click.option("--batch-size", type=int, default=64, show_default=True),
         click.option("--device", default="cpu", show_default=True),
     ]
@@ -61,13 +99,35 @@ def _steps(text: str) -> tuple[float, ...]:
     return steps
 
 
-def _compute(run_dir, probe, n, seed, methods, targets, select_n, components, ganspace_layer, ganspace_samples, steps,
-             batch_size, device):
+def _compute(
+    run_dir,
+    probe,
+    n,
+    seed,
+    methods,
+    targets,
+    select_n,
+    components,
+    ganspace_layer,
+    ganspace_samples,
+    steps,
+    batch_size,
+    device,
+):
     from clusterguide.evaluation.tables import EvalConfig, evaluate
 
-    config = EvalConfig(probe=probe, n=n, seed=seed, methods=tuple(methods) or ("imle", "exact"), select_n=select_n,
-                        components=components, steps=_steps(steps), ganspace_layer=ganspace_layer,
-                        ganspace_samples=ganspace_samples, batch_size=batch_size).check()
+    config = EvalConfig(
+        probe=probe,
+        n=n,
+        seed=seed,
+        methods=tuple(methods) or ("imle", "exact"),
+        select_n=select_n,
+        components=components,
+        steps=_steps(steps),
+        ganspace_layer=ganspace_layer,
+        ganspace_samples=ganspace_samples,
+        batch_size=batch_size,
+    ).check()
     probe_obj, parsed, sampler = _prepare(run_dir, probe, targets, device)
     if ganspace_layer not in (None, "latent"):
         sampler.generator.check_layer(ganspace_layer)
@@ -82,18 +142,50 @@ def default_json(run_dir: str, probe: str) -> Path:
 @click.command("evaluate")
 @click.argument("run_dir", type=click.Path())
 @evaluation_options
-@click.option("--json", "json_path", default=None, help="Where to write the JSON [default: RUN_DIR/evaluation-PROBE.json].")
+@click.option(
+    "--json",
+    "json_path",
+    default=None,
+    help="Where to write the JSON [default: RUN_DIR/evaluation-PROBE.json].",
+)
 @quiet_option
-def evaluate(run_dir, probe, n, seed, methods, targets, select_n, components, ganspace_layer, ganspace_samples, steps,
-             batch_size, device, json_path):
+def evaluate(
+    run_dir,
+    probe,
+    n,
+    seed,
+    methods,
+    targets,
+    select_n,
+    components,
+    ganspace_layer,
+    ganspace_samples,
+    steps,
+    batch_size,
+    device,
+    json_path,
+):
     """Attribute statistics per cluster (Table 1) and, with --target, shares against GANSpace,
     SeFa and random sampling (Table 2)."""
     from clusterguide.artifacts import write_json
     from clusterguide.evaluation.tables import format_table1, format_table2
 
     path = output_file(json_path, (".json",)) if json_path else default_json(run_dir, probe)
-    _, result = _compute(run_dir, probe, n, seed, methods, targets, select_n, components, ganspace_layer,
-                         ganspace_samples, steps, batch_size, device)
+    _, result = _compute(
+        run_dir,
+        probe,
+        n,
+        seed,
+        methods,
+        targets,
+        select_n,
+        components,
+        ganspace_layer,
+        ganspace_samples,
+        steps,
+        batch_size,
+        device,
+    )
     click.echo(f"Table 1: attributes per cluster ({n} images per row; mean ± std over detected images)")
     click.echo(format_table1(result))
     if result["table2"]:
@@ -107,14 +199,35 @@ def evaluate(run_dir, probe, n, seed, methods, targets, select_n, components, ga
 @click.command("report")
 @click.argument("run_dir", type=click.Path())
 @click.option("--out", required=True, help="HTML file to write.")
-@click.option("--evaluation", "evaluation_path", default=None,
-              help="Evaluation JSON to use [default: RUN_DIR/evaluation-PROBE.json when it exists].")
+@click.option(
+    "--evaluation",
+    "evaluation_path",
+    default=None,
+    help="Evaluation JSON to use [default: RUN_DIR/evaluation-PROBE.json when it exists].",
+)
 @click.option("--fresh", is_flag=True, help="Recompute the evaluation even when a JSON exists.")
 @click.option("--per-row", type=int, default=16, show_default=True, help="Images in each sample grid.")
 @evaluation_options
 @quiet_option
-def report(run_dir, out, evaluation_path, fresh, per_row, probe, n, seed, methods, targets, select_n, components,
-           ganspace_layer, ganspace_samples, steps, batch_size, device):
+def report(
+    run_dir,
+    out,
+    evaluation_path,
+    fresh,
+    per_row,
+    probe,
+    n,
+    seed,
+    methods,
+    targets,
+    select_n,
+    components,
+    ganspace_layer,
+    ganspace_samples,
+    steps,
+    batch_size,
+    device,
+):
     """One self-contained HTML page: sample grids, Tables 1 and 2, attribute histograms."""
     from clusterguide.artifacts import atomic_path, read_json
     from clusterguide.evaluation.report import build_report
@@ -131,11 +244,27 @@ def report(run_dir, out, evaluation_path, fresh, per_row, probe, n, seed, method
         evaluation = read_json(source)
         sampler = ClusterSampler.load(run_dir, device=device)
         check_matches(evaluation, sampler)
-        click.echo(f"using {source} (n {evaluation['config']['n']}, seed {evaluation['config']['seed']}); "
-                   "pass --fresh to recompute", err=True)
+        click.echo(
+            f"using {source} (n {evaluation['config']['n']}, seed {evaluation['config']['seed']}); "
+            "pass --fresh to recompute",
+            err=True,
+        )
     else:
-        sampler, evaluation = _compute(run_dir, probe, n, seed, methods, targets, select_n, components,
-                                       ganspace_layer, ganspace_samples, steps, batch_size, device)
+        sampler, evaluation = _compute(
+            run_dir,
+            probe,
+            n,
+            seed,
+            methods,
+            targets,
+            select_n,
+            components,
+            ganspace_layer,
+            ganspace_samples,
+            steps,
+            batch_size,
+            device,
+        )
     page = build_report(sampler, evaluation, per_row=per_row)
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")

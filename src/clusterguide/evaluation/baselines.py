@@ -88,7 +88,9 @@ def ganspace(
         var = s**2
         return Directions("ganspace", _unit_rows(vt[:k]), (var[:k] / var.sum()).astype(np.float32), "latents")
 
-    feats = torch.from_numpy(extract_features(G, layer, z, batch_size=batch_size, desc=f"GANSpace features @ {layer}"))
+    feats = torch.from_numpy(
+        extract_features(G, layer, z, batch_size=batch_size, desc=f"GANSpace features @ {layer}")
+    )
     mean = feats.mean(0, keepdim=True)
     q = min(components + 8, min(feats.shape))
     # svd_lowrank draws a random sketch: seed it locally so results never depend on global state
@@ -144,7 +146,9 @@ def sefa(G: GeneratorAdapter, components: int = 10) -> Directions:
     eigvals, eigvecs = np.linalg.eigh(w @ w.T)
     order = np.argsort(eigvals)[::-1][: min(components, len(eigvals))]
     vals = eigvals[order]
-    return Directions("sefa", _unit_rows(eigvecs[:, order].T), (vals / eigvals.sum()).astype(np.float32), source)
+    return Directions(
+        "sefa", _unit_rows(eigvecs[:, order].T), (vals / eigvals.sum()).astype(np.float32), source
+    )
 
 
 # ---- random sampling -------------------------------------------------------------------------

@@ -27,10 +27,10 @@ How each attribute is measured, for one image:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
-from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -43,7 +43,8 @@ except ImportError as exc:  # registry turns this into a UserError naming the ex
     from clusterguide.errors import UserError
 
     raise UserError(
-        "the face probe needs mediapipe 0.10.14: pip install 'clusterguide[faces]'" + f" ({exc.name} is missing)"
+        "the face probe needs mediapipe 0.10.14: pip install 'clusterguide[faces]'"
+        + f" ({exc.name} is missing)"
     ) from None
 
 # Rigid landmarks of MediaPipe's canonical face model (mediapipe/modules/face_geometry/data/
@@ -122,10 +123,18 @@ def euler_degrees(rot: np.ndarray) -> tuple[float, float, float]:
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) sRGB in [0, 1] -> CIELAB (D65)."""
     lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]])
+    m = np.array(
+        [
+            [0.4124564, 0.3575761, 0.1804375],
+            [0.2126729, 0.7151522, 0.0721750],
+            [0.0193339, 0.1191920, 0.9503041],
+        ]
+    )
     xyz = lin @ m.T / np.array([0.95047, 1.0, 1.08883])
     f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1
+    )
 
 
 def _sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -136,7 +145,7 @@ def _sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return image[iy[inside], ix[inside]].astype(np.float64) / 255.0
 
 
-@contextmanager
+@contextlib.contextmanager
 def _quiet_native_logs():
     """Hide the TFLite/absl lines mediapipe writes straight to file descriptor 2 at start-up."""
     try:
@@ -184,10 +193,8 @@ class FaceProbe(Probe):
             mesh.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown may have torn mediapipe down already
             self.close()
-        except Exception:
-            pass
 
     # ---- one image --------------------------------------------------------------------------
     def _landmarks(self, image: np.ndarray) -> np.ndarray | None:

@@ -16,8 +16,9 @@ The CLI's ``--probe`` choices come from :func:`probe_names`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Self
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class ProbeResult:
         return float(self.detected.mean()) if len(self) else float("nan")
 
     @classmethod
-    def concat(cls, parts: list["ProbeResult"], attributes: Iterable[str]) -> "ProbeResult":
+    def concat(cls, parts: list[ProbeResult], attributes: Iterable[str]) -> ProbeResult:
         names = list(attributes)
         if not parts:
             return cls({a: np.zeros(0) for a in names}, np.zeros(0, dtype=bool))
@@ -71,7 +72,9 @@ class Probe:
         for a in self.attributes:
             if a.name == name:
                 return a
-        raise UserError(f"probe {self.name!r} measures no {name!r}; it measures: {', '.join(self.attribute_names())}")
+        raise UserError(
+            f"probe {self.name!r} measures no {name!r}; it measures: {', '.join(self.attribute_names())}"
+        )
 
     def measure(self, images: np.ndarray) -> ProbeResult:
         raise NotImplementedError
@@ -79,7 +82,7 @@ class Probe:
     def close(self) -> None:
         """Release native resources (the face probe's graph); the probe is unusable afterwards."""
 
-    def __enter__(self) -> "Probe":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -152,7 +155,9 @@ class ProbeEntry:
 _PROBES: dict[str, ProbeEntry] = {}
 
 
-def register_probe(name: str, factory: Callable[..., Probe], description: str, extra: str | None = None) -> None:
+def register_probe(
+    name: str, factory: Callable[..., Probe], description: str, extra: str | None = None
+) -> None:
     _PROBES[name] = ProbeEntry(name, factory, description, extra)
 
 

@@ -20,8 +20,7 @@ from the same prior latents the random row uses.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -62,12 +61,12 @@ class EvalConfig:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "EvalConfig":
+    def from_json(cls, data: dict) -> EvalConfig:
         data = dict(data)
         data["methods"], data["steps"] = tuple(data["methods"]), tuple(data["steps"])
         return cls(**data)
 
-    def check(self) -> "EvalConfig":
+    def check(self) -> EvalConfig:
         if self.n < 1:
             raise UserError(f"-n must be at least 1 (got {self.n})")
         if self.select_n < 1:
@@ -77,12 +76,18 @@ class EvalConfig:
         if self.components < 1:
             raise UserError(f"--components must be at least 1 (got {self.components})")
         if not self.steps or any(not s > 0 for s in self.steps):
-            raise UserError(f"--steps must be positive numbers (got {', '.join(f'{s:g}' for s in self.steps) or 'none'})")
+            raise UserError(
+                f"--steps must be positive numbers (got {', '.join(f'{s:g}' for s in self.steps) or 'none'})"
+            )
         if self.ganspace_samples <= self.components:
-            raise UserError(f"--ganspace-samples ({self.ganspace_samples}) must exceed --components ({self.components})")
+            raise UserError(
+                f"--ganspace-samples ({self.ganspace_samples}) must exceed --components ({self.components})"
+            )
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
-            raise UserError(f"unknown method {unknown[0] if unknown else '(none)'!r}; choose from: {', '.join(METHODS)}")
+            raise UserError(
+                f"unknown method {unknown[0] if unknown else '(none)'!r}; choose from: {', '.join(METHODS)}"
+            )
         return self
 
 
@@ -98,7 +103,7 @@ def attribute_stats(result: ProbeResult) -> dict[str, dict]:
         out[name] = {
             "mean": float(v.mean()) if len(v) else None,
             "std": float(v.std()) if len(v) else None,
-            "n": int(len(v)),
+            "n": len(v),
         }
     return out
 
@@ -112,9 +117,13 @@ def _values_json(result: ProbeResult, digits: int = 3) -> dict[str, list]:
     return out
 
 
-def measure_latents(sampler: ClusterSampler, probe: Probe, z: torch.Tensor, batch_size: int = 64) -> ProbeResult:
+def measure_latents(
+    sampler: ClusterSampler, probe: Probe, z: torch.Tensor, batch_size: int = 64
+) -> ProbeResult:
     """Synthesize G(z) and measure it, batch by batch."""
-    return measure(probe, sampler.synthesize(z, batch_size), batch_size=max(batch_size, 64), desc=f"probe {probe.name}")
+    return measure(
+        probe, sampler.synthesize(z, batch_size), batch_size=max(batch_size, 64), desc=f"probe {probe.name}"
+    )
 
 
 def _sample(sampler: ClusterSampler, cluster: str, n: int, seed: int, method: str, batch_size: int):
@@ -135,8 +144,13 @@ def table1(sampler: ClusterSampler, probe: Probe, config: EvalConfig) -> list[di
     jobs = [(c, m) for c in run.clusters() for m in config.methods]
     rows = []
     for cluster, method in progress(jobs, total=len(jobs), desc="Table 1", unit="cluster"):
-        row = {"cluster": cluster, "name": run.names.get(cluster, ""), "method": method, "n": config.n,
-               "share": run.tree.stats.get(cluster, {}).get("share")}
+        row = {
+            "cluster": cluster,
+            "name": run.names.get(cluster, ""),
+            "method": method,
+            "n": config.n,
+            "share": run.tree.stats.get(cluster, {}).get("share"),
+        }
         if method == "imle" and cluster not in run.mappings:
             rows.append({**row, "skipped": run.skipped.get(cluster, "no mapping")})
             continue
@@ -165,16 +179,49 @@ def _row(row: dict, result: ProbeResult, acceptance: float | None) -> dict:
 # ---- Table 2 -------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Candidates:
-    """Probe results of every candidate setting on the selection stream, measured once for all targets."""
+class _Measurements:
+    """Probe results of every setting tried, measured once and shared by all targets.
 
-    results: dict = field(default_factory=dict)  # key -> ProbeResult
+    Keys name the stream too ("select" or "eval"), so a choice made on the selection stream is
+    always measured again on fresh images.
+    """
 
-    def get(self, key, compute: Callable[[], ProbeResult]) -> ProbeResult:
-        if key not in self.results:
-            self.results[key] = compute()
-        return self.results[key]
+    def __init__(self, sampler: ClusterSampler, probe: Probe, config: EvalConfig) -> None:
+        self.sampler, self.probe, self.config = sampler, probe, config
+        G = sampler.generator
+        self.seeds = {"select": derive_seed(config.seed, "select"), "eval": config.seed}
+        self.sizes = {"select": config.select_n, "eval": config.n}
+        self.prior = {
+            stream: prior_latents(G, self.sizes[stream], derive_seed(seed, "baseline"))
+            for stream, seed in self.seeds.items()
+        }
+        self._cache: dict[tuple, ProbeResult | None] = {}
+
+    def cluster(self, stream: str, cluster: str, method: str) -> ProbeResult | None:
+        """None when exact sampling of a very rare cluster runs out of tries."""
+        key = (stream, "cluster", cluster, method)
+        if key not in self._cache:
+            try:
+                out = _sample(
+                    self.sampler,
+                    cluster,
+                    self.sizes[stream],
+                    self.seeds[stream],
+                    method,
+                    self.config.batch_size,
+                )
+                self._cache[key] = measure(self.probe, out.images, self.config.batch_size)
+            except UserError:
+                self._cache[key] = None
+        return self._cache[key]
+
+    def edit(self, stream: str, dirs: Directions, edit: Edit | None) -> ProbeResult:
+        """Prior latents of the stream, moved by ``edit`` (None: unedited, the random row)."""
+        key = (stream, dirs.method if edit else "random", edit)
+        if key not in self._cache:
+            z = self.prior[stream] if edit is None else edit_latents(self.prior[stream], dirs, edit)
+            self._cache[key] = measure_latents(self.sampler, self.probe, z, self.config.batch_size)
+        return self._cache[key]
 
 
 def _score(target: Target, result: ProbeResult) -> tuple[float, float]:
@@ -222,70 +269,83 @@ def table2(
     names = probe.attribute_names()
     for t in targets:
         if t.attribute not in names:
-            raise UserError(f"target {t}: probe {probe.name!r} measures no {t.attribute!r}; it measures: {', '.join(names)}")
-    G, run, bs = sampler.generator, sampler.run, config.batch_size
-    sel_seed = derive_seed(config.seed, "select")
+            known = ", ".join(names)
+            raise UserError(
+                f"target {t}: probe {probe.name!r} measures no {t.attribute!r}; it measures: {known}"
+            )
+    run = sampler.run
     directions = directions if directions is not None else baseline_directions(sampler, config)
-    z_select = prior_latents(G, config.select_n, derive_seed(sel_seed, "baseline"))
-    z_eval = prior_latents(G, config.n, derive_seed(config.seed, "baseline"))
-    cand = _Candidates()
-    evaluated = _Candidates()  # final measurements, shared between targets that pick the same setting
+    seen = _Measurements(sampler, probe, config)
     middle = config.steps[(len(config.steps) - 1) // 2]
-
-    def edited(dirs: Directions, edit: Edit, z: torch.Tensor) -> ProbeResult:
-        return measure_latents(sampler, probe, edit_latents(z, dirs, edit), bs)
-
     blocks = []
     for target in progress(targets, total=len(targets), desc="Table 2", unit="target"):
         rows = []
         # this method: the best cluster for each sampling method
         for method in config.methods:
-            clusters = _clusters_for(sampler, method)
             best, best_score = None, (-1.0, -np.inf)
-            for c in clusters:
-                try:
-                    res = cand.get(("cluster", method, c),
-                                   lambda: measure(probe, _sample(sampler, c, config.select_n, sel_seed, method, bs).images, bs))
-                except UserError:
-                    continue
-                score = _score(target, res)
-                if score > best_score:
-                    best, best_score = c, score
-            if best is None:
+            for c in _clusters_for(sampler, method):
+                res = seen.cluster("select", c, method)
+                if res is not None and _score(target, res) > best_score:
+                    best, best_score = c, _score(target, res)
+            res = seen.cluster("eval", best, method) if best is not None else None
+            if res is None:
                 continue
-            res = evaluated.get(("cluster", method, best),
-                                lambda: measure(probe, _sample(sampler, best, config.n, config.seed, method, bs).images, bs))
-            rows.append({
-                "method": f"clusterguide ({method})", "family": "clusterguide",
-                "setting": {"cluster": best, "name": run.names.get(best, ""), "method": method},
-                "select_share": best_score[0], **_outcome(target, res),
-            })
+            rows.append(
+                {
+                    "method": f"clusterguide ({method})",
+                    "family": "clusterguide",
+                    "setting": {"cluster": best, "name": run.names.get(best, ""), "method": method},
+                    "select_share": best_score[0],
+                    **_outcome(target, res),
+                }
+            )
         # the baselines: shortlist (component, sign) at the middle step, then try every step on it
         for dirs in directions:
-            ranked = []
-            for k in range(len(dirs)):
-                for sign in (1, -1):
-                    e = Edit(k, sign, middle)
-                    res = cand.get((dirs.method, e), lambda: edited(dirs, e, z_select))
-                    ranked.append((_score(target, res), -k, e))
-            ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)
+            ranked = sorted(
+                (
+                    (
+                        _score(target, seen.edit("select", dirs, Edit(k, sign, middle))),
+                        -k,
+                        Edit(k, sign, middle),
+                    )
+                    for k in range(len(dirs))
+                    for sign in (1, -1)
+                ),
+                key=lambda r: (r[0], r[1]),
+                reverse=True,
+            )
             best_edit, best_score = None, (-1.0, -np.inf)
             for _, _, e0 in ranked[: config.shortlist]:
                 for step in config.steps:
                     e = Edit(e0.component, e0.sign, step)
-                    score = _score(target, cand.get((dirs.method, e), lambda: edited(dirs, e, z_select)))
+                    score = _score(target, seen.edit("select", dirs, e))
                     if score > best_score:
                         best_edit, best_score = e, score
-            res = evaluated.get((dirs.method, best_edit), lambda: edited(dirs, best_edit, z_eval))
-            rows.append({
-                "method": {"ganspace": "GANSpace", "sefa": "SeFa"}[dirs.method], "family": dirs.method,
-                "setting": {**best_edit.to_json(), "source": dirs.source,
-                            "strength": float(dirs.strengths[best_edit.component]),
-                            "direction": [round(float(x), 6) for x in dirs.vectors[best_edit.component]]},
-                "select_share": best_score[0], **_outcome(target, res),
-            })
-        res = evaluated.get(("random",), lambda: measure_latents(sampler, probe, z_eval, bs))
-        rows.append({"method": "random", "family": "random", "setting": {}, "select_share": None, **_outcome(target, res)})
+            res = seen.edit("eval", dirs, best_edit)
+            rows.append(
+                {
+                    "method": {"ganspace": "GANSpace", "sefa": "SeFa"}[dirs.method],
+                    "family": dirs.method,
+                    "setting": {
+                        **best_edit.to_json(),
+                        "source": dirs.source,
+                        "strength": float(dirs.strengths[best_edit.component]),
+                        "direction": [round(float(x), 6) for x in dirs.vectors[best_edit.component]],
+                    },
+                    "select_share": best_score[0],
+                    **_outcome(target, res),
+                }
+            )
+        res = seen.edit("eval", directions[0], None)
+        rows.append(
+            {
+                "method": "random",
+                "family": "random",
+                "setting": {},
+                "select_share": None,
+                **_outcome(target, res),
+            }
+        )
         blocks.append({"target": str(target), **target.to_json(), "rows": rows})
     return blocks
 
@@ -307,8 +367,11 @@ def evaluate(sampler: ClusterSampler, probe: Probe, config: EvalConfig, targets:
         "generator": {**run.generator.to_json(), "weights_id": run.generator_info.get("weights_id")},
         "fit": run.fit.to_json(),
         "config": config.to_json(),
-        "probe": {"name": probe.name, "description": probe.description,
-                  "attributes": [asdict(a) for a in probe.attributes]},
+        "probe": {
+            "name": probe.name,
+            "description": probe.description,
+            "attributes": [asdict(a) for a in probe.attributes],
+        },
         "table1": t1,
         "table2": t2,
     }
@@ -348,7 +411,9 @@ def check_matches(evaluation: dict, sampler: ClusterSampler) -> None:
     if evaluation.get("fit") != run.fit.to_json() or (
         evaluation.get("generator", {}).get("weights_id") != run.generator_info.get("weights_id")
     ):
-        raise UserError("the evaluation was made for another run or generator; recompute it with `clusterguide evaluate`")
+        raise UserError(
+            "the evaluation was made for another run or generator; recompute it with `clusterguide evaluate`"
+        )
 
 
 # ---- text ----------------------------------------------------------------------------------------
@@ -366,10 +431,21 @@ def format_table1(evaluation: dict) -> str:
     rows = []
     for r in evaluation["table1"]:
         if "skipped" in r:
-            rows.append([r["cluster"], r["name"], r["method"], r.get("share"), None, None] + ["-"] * len(attrs))
+            rows.append(
+                [r["cluster"], r["name"], r["method"], r.get("share"), None, None] + ["-"] * len(attrs)
+            )
             continue
-        rows.append([r["cluster"], r["name"], r["method"], r.get("share"), r.get("acceptance_rate"),
-                     r["detection_rate"], *(_pm(r["stats"].get(a)) for a in attrs)])
+        rows.append(
+            [
+                r["cluster"],
+                r["name"],
+                r["method"],
+                r.get("share"),
+                r.get("acceptance_rate"),
+                r["detection_rate"],
+                *(_pm(r["stats"].get(a)) for a in attrs),
+            ]
+        )
     return table(headers, rows)
 
 
@@ -385,8 +461,14 @@ def describe_setting(row: dict) -> str:
 def format_table2(evaluation: dict) -> str:
     out = []
     for block in evaluation["table2"]:
-        rows = [[r["method"], describe_setting(r), r["share"], r["detection_rate"],
-                 r["mean"], r["select_share"]] for r in block["rows"]]
+        rows = [
+            [r["method"], describe_setting(r), r["share"], r["detection_rate"], r["mean"], r["select_share"]]
+            for r in block["rows"]
+        ]
         out.append(f"target {block['target']} (share of all images; undetected count as misses)")
-        out.append(table(["method", "setting", "share", "detected", f"mean {block['attribute']}", "select share"], rows))
+        out.append(
+            table(
+                ["method", "setting", "share", "detected", f"mean {block['attribute']}", "select share"], rows
+            )
+        )
     return "\n\n".join(out)

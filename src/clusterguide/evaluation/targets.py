@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -40,7 +40,9 @@ class Target:
     def holds(self, result: ProbeResult) -> np.ndarray:
         """(N,) bool: detected, measured, and meeting the condition."""
         if self.attribute not in result.values:
-            raise UserError(f"the probe measured no {self.attribute!r}; it measured: {', '.join(result.values)}")
+            raise UserError(
+                f"the probe measured no {self.attribute!r}; it measured: {', '.join(result.values)}"
+            )
         values = np.asarray(result.values[self.attribute], dtype=np.float64)
         with np.errstate(invalid="ignore"):
             ok = _OPS[self.op](values, self.threshold)
@@ -81,5 +83,7 @@ def parse_target(text: str, attributes: Iterable[str] | None = None) -> Target:
     if attributes is not None:
         known = list(attributes)
         if name not in known:
-            raise UserError(f"target {text!r}: unknown attribute {name!r}; the probe measures: {', '.join(known)}")
+            raise UserError(
+                f"target {text!r}: unknown attribute {name!r}; the probe measures: {', '.join(known)}"
+            )
     return Target(name, op, threshold)
