@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import faiss
 import pytest
 import torch
 
 from clusterguide.progress import set_progress
 
-# Small tensors on a loaded 2-core machine run faster (and reproducibly) on one thread.
+# Toy-sized tensors and k-means runs gain nothing from threads, and OpenMP's spin-waiting makes
+# them very slow on a loaded 2-core machine: the whole suite runs on one thread.
 torch.set_num_threads(1)
+faiss.omp_set_num_threads(1)
 set_progress(False)
 
 

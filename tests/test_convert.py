@@ -36,16 +36,6 @@ CFG = StyleGAN2Config(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Toy-sized tensors gain nothing from threads, and OpenMP's spin-waiting makes them very slow
-    # on a loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- a writer for NVIDIA's pickle format ------------------------------------------------------------
 # torch_utils.persistence pickles each network as _reconstruct_persistent_obj(meta), meta holding the
 # class name, the defining module's source and the object's __dict__. The modules named in the

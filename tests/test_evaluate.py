@@ -12,7 +12,15 @@ import pytest
 from clusterguide.cli import main
 from clusterguide.evaluation.probes import load_probe
 from clusterguide.evaluation.report import svg_bars, svg_histograms
-from clusterguide.evaluation.tables import PRIOR, EvalConfig, evaluate, table1_images, table2_images
+from clusterguide.evaluation.tables import (
+    PRIOR,
+    EvalConfig,
+    evaluate,
+    pixel_diversity,
+    relative_diversity,
+    table1_images,
+    table2_images,
+)
 from clusterguide.evaluation.targets import parse_target
 from clusterguide.fit import fit_run
 from clusterguide.generators.registry import GeneratorSpec
@@ -209,3 +217,21 @@ def test_svg_plots_are_well_formed():
         svg_histograms([("imle", [0.1, 0.2, None, 0.9], "#123456"), (PRIOR, [0.5], "#999")], 0.0, 1.0)
     )
     ET.fromstring(svg_bars([("a<b", 0.5, "#000"), ("c", None, "#111")], ("ref", 0.95)))
+
+
+def test_pixel_diversity_of_copies_is_zero_and_of_opposites_is_one():
+    same = np.full((5, 32, 32, 3), 90, np.uint8)
+    assert pixel_diversity(same) == 0.0
+    pair = np.stack([np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 255, np.uint8)])
+    assert pixel_diversity(pair) == pytest.approx(1.0)
+    assert np.isnan(pixel_diversity(same[:1]))
+
+
+def test_rows_carry_diversity(evaluation):
+    _, ev = evaluation
+    for row in ev["table1"]:
+        if "skipped" not in row:
+            assert 0.0 < row["diversity"] < 1.0
+    block = ev["table2"][0]
+    random_row = block["rows"][-1]
+    assert relative_diversity(block, random_row) == pytest.approx(1.0)

@@ -34,16 +34,6 @@ SMALL = BigGANConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Toy-sized tensors gain nothing from threads, and OpenMP's spin-waiting makes them very slow
-    # on a loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_adapter(truncation: float = 0.5, seed: int = 0) -> BigGANAdapter:
     return BigGANAdapter(random_biggan(SMALL, seed), truncation=truncation)
 

@@ -21,16 +21,6 @@ REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "reference_state_di
 SMALL = PGANConfig(latent_dim=12, depths=(16, 16, 8, 8))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Toy-sized tensors gain nothing from threads, and OpenMP's spin-waiting makes them very slow
-    # on a loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def shapes(module: torch.nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in module.state_dict().items()}
 

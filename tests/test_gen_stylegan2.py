@@ -40,16 +40,6 @@ def small(architecture: str = "skip", c_dim: int = 0, **kw) -> StyleGAN2Config:
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Toy-sized tensors gain nothing from threads, and OpenMP's spin-waiting makes them very slow
-    # on a loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def config_from_reference(kwargs: dict) -> StyleGAN2Config:
     """NVIDIA constructor arguments (either repository's spelling) -> our config."""
     syn = {**kwargs, **kwargs.get("synthesis_kwargs", {})}

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from clusterguide.clustering import fit_kmeans
 from clusterguide.errors import UserError
 from clusterguide.features import extract_features
 from clusterguide.fit import make_guide, sample_prior
-from clusterguide.clustering import fit_kmeans
 from clusterguide.mapping import BatchedMapping, MappingConfig, MappingNetwork, fit_mappings, make_network
 from clusterguide.metrics import norm_ratio, precision_recall
 from clusterguide.tree import ClusterTree, Split

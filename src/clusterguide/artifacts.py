@@ -21,9 +21,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -94,7 +94,7 @@ def load_tensors(path: str | Path, expected_sha256: str | None = None) -> dict[s
         raise UserError(f"{path} is damaged (checksum does not match config.json)")
     try:
         return load_file(str(path))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise UserError(f"{path} is damaged: {exc}") from None
 
 

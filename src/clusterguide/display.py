@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 
 def fmt(value, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        if value != value:  # NaN
+        if math.isnan(value):
             return "nan"
         return f"{value:.{digits}f}"
     return str(value)

@@ -8,7 +8,7 @@ shares with refinement (cluster some latents at a layer, learn a mapping per chi
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ class MappingConfig:
     seed: int = 0
 
     @staticmethod
-    def preset(recipe: str, **overrides) -> "MappingConfig":
+    def preset(recipe: str, **overrides) -> MappingConfig:
         """The named recipes; unspecified (None) overrides keep the recipe's values."""
         presets = {
             "paper": MappingConfig(recipe="paper"),
@@ -240,7 +240,7 @@ def _fit_paper(z: torch.Tensor, config: MappingConfig, device, seed: int, desc: 
     return net.eval(), last
 
 
-def _consistency(model: "BatchedMapping", guide: Guide, k: int, config: MappingConfig, aux: int, g, device) -> torch.Tensor:
+def _consistency(model: BatchedMapping, guide: Guide, k: int, config: MappingConfig, aux: int, g, device) -> torch.Tensor:
     """Hinge on fresh mapped samples: zero for samples already ``margin`` inside their own
     cluster, so it pulls stray samples in without squeezing the ones inside (a cross-entropy
     would keep pushing every sample toward the centroid and collapse the mapping)."""

@@ -126,7 +126,7 @@ class Run:
             "format": artifacts.FORMAT,
             "class": "Run",
             "version": clusterguide.__version__,
-            "generator": {**self.generator.to_json(), **{"info": self.generator_info}},
+            "generator": {**self.generator.to_json(), "info": self.generator_info},
             "fit": self.fit.to_json(),
             "mapping": self.mapping.to_json(),
             "tree": {
@@ -143,7 +143,7 @@ class Run:
         }
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "Run":
+    def load(cls, run_dir: str | Path) -> Run:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"run folder {run_dir} does not exist")

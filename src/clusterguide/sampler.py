@@ -45,7 +45,7 @@ class ClusterSampler:
         self.run = run
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "cpu", class_label: int | None = None) -> "ClusterSampler":
+    def load(cls, run_dir: str | Path, device: str = "cpu", class_label: int | None = None) -> ClusterSampler:
         """Load a run folder and its generator; ``class_label`` overrides the fit's class
         (cross-class transfer on class-conditional generators)."""
         run = Run.load(run_dir)

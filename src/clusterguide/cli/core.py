@@ -10,7 +10,7 @@ import numpy as np
 from clusterguide.cli.common import family_options, generator_options, output_file, quiet_option
 from clusterguide.display import metrics_table, table
 from clusterguide.errors import UserError
-from clusterguide.generators.registry import GeneratorSpec, families, load_generator
+from clusterguide.generators.registry import GeneratorSpec, load_generator
 
 
 @click.command()
@@ -98,9 +98,8 @@ def sample(run_dir, cluster, n, seed, method, class_label, batch_size, device, o
     sampler = _sampler(run_dir, device, class_label)
     result = sampler(cluster, n, seed=seed, method=method, batch_size=batch_size)
     png, npz = Path(f"{base}.png"), Path(f"{base}.npz")
-    with atomic_path(npz) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, images=result.images, latents=result.latents)
+    with atomic_path(npz) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, images=result.images, latents=result.latents)
     save_grid(result.images, png)
     extra = f", acceptance {result.acceptance_rate:.3f} ({result.tried} prior samples)" if result.acceptance_rate else ""
     click.echo(f"cluster {sampler.run.label(result.cluster)}: {n} images ({method}{extra}) -> {png}, {npz}")
@@ -117,8 +116,8 @@ def sample(run_dir, cluster, n, seed, method, class_label, batch_size, device, o
 @quiet_option
 def grid(run_dir, out, per_cluster, seed, method, class_label, device):
     """One labelled row per cluster (per leaf of a tree)."""
-    from clusterguide.overview import overview_image
     from clusterguide.imaging import save_image
+    from clusterguide.overview import overview_image
 
     path = output_file(out, (".png",))
     if per_cluster < 1:

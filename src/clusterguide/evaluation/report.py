@@ -14,7 +14,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from clusterguide.evaluation.tables import PRIOR, describe_setting, table1_images, table2_images
+from clusterguide.evaluation.tables import (
+    PRIOR,
+    describe_setting,
+    relative_diversity,
+    table1_images,
+    table2_images,
+)
 from clusterguide.imaging import grid_image
 from clusterguide.sampler import ClusterSampler
 
@@ -178,7 +184,7 @@ def _attr_head(a: dict) -> str:
 def _table1_html(evaluation: dict) -> str:
     attrs = evaluation["probe"]["attributes"]
     heads = [_tag("th", h, "l") for h in ("cluster", "name", "method")]
-    heads += [_tag("th", "p<sub>c</sub>"), _tag("th", "acceptance"), _tag("th", "detected")]
+    heads += [_tag("th", h) for h in ("p<sub>c</sub>", "acceptance", "detected", "diversity")]
     lines = ["<table>", _row(heads + [_attr_head(a) for a in attrs])]
     for r in evaluation["table1"]:
         cells = [
@@ -188,9 +194,10 @@ def _table1_html(evaluation: dict) -> str:
             _tag("td", _num(r.get("share"), 3)),
         ]
         if "skipped" in r:
-            cells.append(_tag("td", f"skipped: {_esc(r['skipped'])}", "l muted", colspan=str(2 + len(attrs))))
+            cells.append(_tag("td", f"skipped: {_esc(r['skipped'])}", "l muted", colspan=str(3 + len(attrs))))
         else:
             cells += [_tag("td", _num(r.get("acceptance_rate"), 3)), _tag("td", _pct(r["detection_rate"]))]
+            cells.append(_tag("td", _num(r.get("diversity"), 3)))
             for a in attrs:
                 st = r["stats"][a["name"]]
                 cells.append(
@@ -266,11 +273,13 @@ def _table2_html(sampler: ClusterSampler, evaluation: dict, per_row: int) -> str
             _tag("th", "setting", "l"),
             _tag("th", "share meeting the target"),
         ]
-        heads += [_tag("th", h) for h in ("detected", f"mean {_esc(attr)}", "share on the selection set")]
+        more = ("detected", f"mean {_esc(attr)}", "diversity / random", "share on the selection set")
+        heads += [_tag("th", h) for h in more]
         lines = [f"<h3>target <code>{_esc(block['target'])}</code></h3>", "<table>", _row(heads)]
         for r in block["rows"]:
             cells = [_left(r["method"]), _left(describe_setting(r)), _tag("td", f"<b>{_pct(r['share'])}</b>")]
             cells += [_tag("td", _pct(r["detection_rate"])), _tag("td", _num(r["mean"]))]
+            cells.append(_tag("td", _num(relative_diversity(block, r))))
             cells.append(_tag("td", _pct(r["select_share"])))
             lines.append(_row(cells))
         lines.append("</table>")
@@ -292,7 +301,9 @@ def _table2_html(sampler: ClusterSampler, evaluation: dict, per_row: int) -> str
 
 _TABLE1_NOTE = (
     "Mean ± standard deviation over images where the probe detected a face/object; "
-    "p<sub>c</sub> is the cluster's share of the prior, acceptance the exact sampler's rate."
+    "p<sub>c</sub> is the cluster's share of the prior, acceptance the exact sampler's rate; "
+    "diversity is the mean pairwise RMS pixel distance of the images shrunk to 16x16 (0..1), a crude "
+    "check for collapse: compare it with the random row."
 )
 
 
@@ -302,7 +313,8 @@ def _table2_note(cfg: dict) -> str:
         f"Same generator, probe and number of images ({cfg['n']}) for every row; images where nothing was "
         "detected count as misses. The cluster, the GANSpace/SeFa component, sign and step were chosen on a "
         f"separate selection stream ({cfg['select_n']} images per candidate; steps tried: {steps}; "
-        f"{cfg['components']} components)."
+        f"{cfg['components']} components). Diversity / random: the row's pixel diversity over that of random "
+        "samples; well below 1 means the images look alike."
     )
 
 

@@ -117,13 +117,31 @@ def _values_json(result: ProbeResult, digits: int = 3) -> dict[str, list]:
     return out
 
 
-def measure_latents(
-    sampler: ClusterSampler, probe: Probe, z: torch.Tensor, batch_size: int = 64
-) -> ProbeResult:
-    """Synthesize G(z) and measure it, batch by batch."""
-    return measure(
-        probe, sampler.synthesize(z, batch_size), batch_size=max(batch_size, 64), desc=f"probe {probe.name}"
-    )
+def pixel_diversity(images: np.ndarray, size: int = 16, max_images: int = 256) -> float:
+    """Mean pairwise RMS distance (0..1) between images shrunk to size x size by area averaging.
+
+    A crude but model-free check that a high share does not come from drawing one picture over and
+    over (a collapsed mapping or an edit so strong that it overrides the latent): compare it with
+    the random row's value.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(images[:max_images])).permute(0, 3, 1, 2).float() / 255.0
+    if len(x) < 2:
+        return float("nan")
+    f = torch.nn.functional.adaptive_avg_pool2d(x, size).reshape(len(x), -1).double()
+    d = torch.cdist(f, f) / f.shape[1] ** 0.5
+    return float(d.sum() / (len(x) * (len(x) - 1)))
+
+
+@dataclass
+class Measured:
+    """What the tables keep of a set of images."""
+
+    result: ProbeResult  # the probe's measurements
+    diversity: float  # pixel_diversity of the images
+
+
+def measure_images(probe: Probe, images: np.ndarray, batch_size: int = 64) -> Measured:
+    return Measured(measure(probe, images, max(batch_size, 64)), pixel_diversity(images))
 
 
 def _sample(sampler: ClusterSampler, cluster: str, n: int, seed: int, method: str, batch_size: int):
@@ -159,20 +177,21 @@ def table1(sampler: ClusterSampler, probe: Probe, config: EvalConfig) -> list[di
         except UserError as exc:  # an exact sample of a very rare cluster can run out of tries
             rows.append({**row, "skipped": str(exc)})
             continue
-        rows.append(_row(row, measure(probe, out.images, config.batch_size), out.acceptance_rate))
+        rows.append(_row(row, measure_images(probe, out.images, config.batch_size), out.acceptance_rate))
     out = sampler.random(config.n, seed=config.seed, batch_size=config.batch_size)
     prior = {"cluster": PRIOR, "name": "random prior samples", "method": PRIOR, "n": config.n, "share": 1.0}
-    rows.append(_row(prior, measure(probe, out.images, config.batch_size), None))
+    rows.append(_row(prior, measure_images(probe, out.images, config.batch_size), None))
     return rows
 
 
-def _row(row: dict, result: ProbeResult, acceptance: float | None) -> dict:
+def _row(row: dict, measured: Measured, acceptance: float | None) -> dict:
     return {
         **row,
         "acceptance_rate": acceptance,
-        "detection_rate": result.detection_rate,
-        "stats": attribute_stats(result),
-        "values": _values_json(result),
+        "detection_rate": measured.result.detection_rate,
+        "diversity": measured.diversity,
+        "stats": attribute_stats(measured.result),
+        "values": _values_json(measured.result),
     }
 
 
@@ -195,9 +214,9 @@ class _Measurements:
             stream: prior_latents(G, self.sizes[stream], derive_seed(seed, "baseline"))
             for stream, seed in self.seeds.items()
         }
-        self._cache: dict[tuple, ProbeResult | None] = {}
+        self._cache: dict[tuple, Measured | None] = {}
 
-    def cluster(self, stream: str, cluster: str, method: str) -> ProbeResult | None:
+    def cluster(self, stream: str, cluster: str, method: str) -> Measured | None:
         """None when exact sampling of a very rare cluster runs out of tries."""
         key = (stream, "cluster", cluster, method)
         if key not in self._cache:
@@ -210,28 +229,31 @@ class _Measurements:
                     method,
                     self.config.batch_size,
                 )
-                self._cache[key] = measure(self.probe, out.images, self.config.batch_size)
+                self._cache[key] = measure_images(self.probe, out.images, self.config.batch_size)
             except UserError:
                 self._cache[key] = None
         return self._cache[key]
 
-    def edit(self, stream: str, dirs: Directions, edit: Edit | None) -> ProbeResult:
+    def edit(self, stream: str, dirs: Directions, edit: Edit | None) -> Measured:
         """Prior latents of the stream, moved by ``edit`` (None: unedited, the random row)."""
         key = (stream, dirs.method if edit else "random", edit)
         if key not in self._cache:
             z = self.prior[stream] if edit is None else edit_latents(self.prior[stream], dirs, edit)
-            self._cache[key] = measure_latents(self.sampler, self.probe, z, self.config.batch_size)
+            images = self.sampler.synthesize(z, self.config.batch_size)
+            self._cache[key] = measure_images(self.probe, images, self.config.batch_size)
         return self._cache[key]
 
 
-def _score(target: Target, result: ProbeResult) -> tuple[float, float]:
+def _score(target: Target, measured: Measured) -> tuple[float, float]:
     """Selection score: share meeting the target, then the mean value in the target's direction."""
+    result = measured.result
     v = np.asarray(result.values[target.attribute], dtype=np.float64)[np.asarray(result.detected)]
     v = v[~np.isnan(v)]
     return target.share(result), (target.sign * float(v.mean()) if len(v) else -np.inf)
 
 
-def _outcome(target: Target, result: ProbeResult) -> dict:
+def _outcome(target: Target, measured: Measured) -> dict:
+    result = measured.result
     v = np.asarray(result.values[target.attribute], dtype=np.float64)[np.asarray(result.detected)]
     v = v[~np.isnan(v)]
     return {
@@ -240,6 +262,7 @@ def _outcome(target: Target, result: ProbeResult) -> dict:
         "mean": float(v.mean()) if len(v) else None,
         "std": float(v.std()) if len(v) else None,
         "n": len(result),
+        "diversity": measured.diversity,
     }
 
 
@@ -427,12 +450,12 @@ def _pm(stat: dict | None, digits: int = 2) -> str:
 
 def format_table1(evaluation: dict) -> str:
     attrs = [a["name"] for a in evaluation["probe"]["attributes"]]
-    headers = ["cluster", "name", "method", "p_c", "accept", "detected", *attrs]
+    headers = ["cluster", "name", "method", "p_c", "accept", "detected", "diversity", *attrs]
     rows = []
     for r in evaluation["table1"]:
         if "skipped" in r:
             rows.append(
-                [r["cluster"], r["name"], r["method"], r.get("share"), None, None] + ["-"] * len(attrs)
+                [r["cluster"], r["name"], r["method"], r.get("share"), None, None, None] + ["-"] * len(attrs)
             )
             continue
         rows.append(
@@ -443,6 +466,7 @@ def format_table1(evaluation: dict) -> str:
                 r.get("share"),
                 r.get("acceptance_rate"),
                 r["detection_rate"],
+                r.get("diversity"),
                 *(_pm(r["stats"].get(a)) for a in attrs),
             ]
         )
@@ -458,17 +482,30 @@ def describe_setting(row: dict) -> str:
     return "-"
 
 
+def relative_diversity(block: dict, row: dict) -> float | None:
+    """A Table 2 row's pixel diversity over the random row's (1: as varied as random samples)."""
+    base = next((r.get("diversity") for r in block["rows"] if r["family"] == "random"), None)
+    if not base or row.get("diversity") is None:
+        return None
+    return row["diversity"] / base
+
+
 def format_table2(evaluation: dict) -> str:
     out = []
     for block in evaluation["table2"]:
         rows = [
-            [r["method"], describe_setting(r), r["share"], r["detection_rate"], r["mean"], r["select_share"]]
+            [
+                r["method"],
+                describe_setting(r),
+                r["share"],
+                r["detection_rate"],
+                r["mean"],
+                relative_diversity(block, r),
+                r["select_share"],
+            ]
             for r in block["rows"]
         ]
         out.append(f"target {block['target']} (share of all images; undetected count as misses)")
-        out.append(
-            table(
-                ["method", "setting", "share", "detected", f"mean {block['attribute']}", "select share"], rows
-            )
-        )
+        headers = ["method", "setting", "share", "detected", f"mean {block['attribute']}", "diversity/random"]
+        out.append(table([*headers, "select share"], rows))
     return "\n\n".join(out)

@@ -90,7 +90,7 @@ class GeneratorAdapter(nn.Module):
     class_label: int | None = None
     num_classes: int = 0
 
-    def conditioned(self, class_label: int | None) -> "GeneratorAdapter":
+    def conditioned(self, class_label: int | None) -> GeneratorAdapter:
         """This generator fixed to one class (class-conditional families override this)."""
         if class_label is not None:
             raise UserError(f"generator {self.name!r} is unconditional; --class is not accepted")

@@ -50,7 +50,7 @@ class CustomAdapter(GeneratorAdapter):
             self.image_size = int(self.synthesize(self.sample_latents(1, 0)).shape[-1])
 
     @classmethod
-    def from_spec(cls, spec: str, checkpoint: str | None = None) -> "CustomAdapter":
+    def from_spec(cls, spec: str, checkpoint: str | None = None) -> CustomAdapter:
         factory = resolve_factory(spec)
         params = inspect.signature(factory).parameters
         result = factory(checkpoint=checkpoint) if "checkpoint" in params else factory()

@@ -84,13 +84,13 @@ class DCGANAdapter(GeneratorAdapter):
         self.image_size = 4 * 2 ** (len(self._BLOCKS))
 
     @classmethod
-    def pretrained(cls, checkpoint: str | None = None) -> "DCGANAdapter":
+    def pretrained(cls, checkpoint: str | None = None) -> DCGANAdapter:
         path = Path(checkpoint) if checkpoint else find_weights()
         if not path.is_file():
             raise UserError(f"checkpoint {path} not found")
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a damaged or foreign file: say so in one line
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: say so in one line
             raise UserError(f"cannot read DCGAN checkpoint {path}: {exc}") from None
         state = blob.get(WEIGHTS_KEY, blob) if isinstance(blob, dict) else None
         if not isinstance(state, dict):

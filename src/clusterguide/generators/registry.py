@@ -6,8 +6,8 @@ A family registers a loader ``(checkpoint, **options) -> GeneratorAdapter``. A n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter
@@ -27,7 +27,7 @@ class GeneratorSpec:
         return {"name": self.name, "checkpoint": self.checkpoint, "options": dict(self.options)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "GeneratorSpec":
+    def from_json(cls, data: dict) -> GeneratorSpec:
         return cls(data["name"], data.get("checkpoint"), dict(data.get("options") or {}))
 
 
