@@ -3,7 +3,6 @@ direct reference computations, the plot, and the command with its errors."""
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,15 +10,6 @@ from PIL import Image
 from clusterguide import choose_k as ck
 from clusterguide.cli import main
 from clusterguide.errors import UserError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    # Tiny k-means runs: OpenMP threads only spin-wait here, badly so on a loaded machine.
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 def blobs(k: int, dim: int, seed: int, per: int = 200, spread: float = 10.0) -> np.ndarray:

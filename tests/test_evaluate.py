@@ -203,11 +203,14 @@ def test_report_computes_when_there_is_no_json_and_refuses_a_foreign_one(run_dir
     if data is None:
         main(["evaluate", str(run_dir), *SMALL, "--json", str(run_dir.parent / "ev.json")])
         data = json.loads((run_dir.parent / "ev.json").read_text())
-    data["fit"]["clusters"] = 7
-    foreign.write_text(json.dumps(data))
     capsys.readouterr()
-    assert main(["report", str(run_dir), "--out", str(page), "--evaluation", str(foreign)]) == 2
-    assert "another run" in capsys.readouterr().err
+    for field, value in (
+        ("fit", {**data["fit"], "clusters": 7}),
+        ("run_files", {"mappings.safetensors": "0" * 64}),
+    ):
+        foreign.write_text(json.dumps({**data, field: value}))
+        assert main(["report", str(run_dir), "--out", str(page), "--evaluation", str(foreign)]) == 2
+        assert "another run" in capsys.readouterr().err
 
 
 def test_svg_plots_are_well_formed():

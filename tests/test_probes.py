@@ -74,7 +74,7 @@ def test_concat_of_nothing_is_empty():
 
 @pytest.fixture(scope="module")
 def face():
-    pytest.importorskip("mediapipe")
+    pytest.importorskip("mediapipe", reason="pip install 'clusterguide[faces]' (make test does)")
     probe = load_probe("face")
     yield probe
     probe.close()
@@ -101,7 +101,7 @@ def mirrored(image: np.ndarray) -> np.ndarray:
 
 
 def test_rotation_and_euler_angles_round_trip():
-    pytest.importorskip("mediapipe")
+    pytest.importorskip("mediapipe", reason="pip install 'clusterguide[faces]' (make test does)")
     from clusterguide.evaluation.face import _CANON_IMG, euler_degrees, umeyama
 
     def rot(axis, deg):

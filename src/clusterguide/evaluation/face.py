@@ -39,12 +39,12 @@ from clusterguide.evaluation.probes import Attribute, Probe, ProbeResult, check_
 
 try:
     import mediapipe as mp
-except ImportError as exc:  # registry turns this into a UserError naming the extra
+except ImportError as exc:  # missing package, or OpenCV without its system libraries (libGL)
     from clusterguide.errors import UserError
 
+    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     raise UserError(
-        "the face probe needs mediapipe 0.10.14: pip install 'clusterguide[faces]'"
-        + f" ({exc.name} is missing)"
+        f"the face probe needs mediapipe 0.10.14: pip install 'clusterguide[faces]' (import failed: {why})"
     ) from None
 
 # Rigid landmarks of MediaPipe's canonical face model (mediapipe/modules/face_geometry/data/

@@ -26,12 +26,14 @@ import numpy as np
 import torch
 
 import clusterguide
+from clusterguide import artifacts
 from clusterguide.display import table
 from clusterguide.errors import UserError
 from clusterguide.evaluation.baselines import Directions, Edit, edit_latents, ganspace, prior_latents, sefa
 from clusterguide.evaluation.probes import Probe, ProbeResult, measure
 from clusterguide.evaluation.targets import Target
 from clusterguide.progress import progress
+from clusterguide.run import Run
 from clusterguide.sampler import METHODS, ClusterSampler
 from clusterguide.seeding import derive_seed
 
@@ -389,6 +391,7 @@ def evaluate(sampler: ClusterSampler, probe: Probe, config: EvalConfig, targets:
         "run": str(run.path) if run.path else None,
         "generator": {**run.generator.to_json(), "weights_id": run.generator_info.get("weights_id")},
         "fit": run.fit.to_json(),
+        "run_files": run_fingerprint(run),
         "config": config.to_json(),
         "probe": {
             "name": probe.name,
@@ -426,13 +429,22 @@ def table2_images(sampler: ClusterSampler, evaluation: dict, row: dict, n: int) 
     return sampler.synthesize(z, cfg.batch_size)
 
 
+def run_fingerprint(run: Run) -> dict[str, str]:
+    """Checksums of the run's tensor files: a refit or refinement changes them, renaming does not."""
+    if run.path is None:
+        return {}
+    return {name: artifacts.sha256(run.path / name) for name in (artifacts.CLUSTERS, artifacts.MAPPINGS)}
+
+
 def check_matches(evaluation: dict, sampler: ClusterSampler) -> None:
-    """Refuse an evaluation JSON made for another run or generator."""
+    """Refuse an evaluation JSON made for another run, another fit of it, or another generator."""
     if not isinstance(evaluation, dict) or evaluation.get("format") != FORMAT:
         raise UserError("the file is not a clusterguide evaluation (no evaluation format)")
     run = sampler.run
-    if evaluation.get("fit") != run.fit.to_json() or (
-        evaluation.get("generator", {}).get("weights_id") != run.generator_info.get("weights_id")
+    if (
+        evaluation.get("fit") != run.fit.to_json()
+        or evaluation.get("generator", {}).get("weights_id") != run.generator_info.get("weights_id")
+        or evaluation.get("run_files", {}) != run_fingerprint(run)
     ):
         raise UserError(
             "the evaluation was made for another run or generator; recompute it with `clusterguide evaluate`"
