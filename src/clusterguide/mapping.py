@@ -52,6 +52,7 @@ class MappingConfig:
     margin: float = 0.0  # the hinge is zero once a sample is this far inside its cluster (logit units)
     guide_batch: int = 128  # free samples per cluster per step for the consistency term
     imle_weight: float = 1.0  # weight of the IMLE regression term
+    inflation: float = 0.0  # weight of a penalty on mapped norms growing past the cluster's own
     match_quantile: float = 1.0  # regress only the closest share of matches (1.0 = all, as the paper)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0
@@ -63,7 +64,7 @@ class MappingConfig:
             "paper": MappingConfig(recipe="paper"),
             "fast": MappingConfig(
                 recipe="fast", epochs=15, gamma=4.0, width=256, batch_size=512, lr=1e-3,
-                residual=True, staleness=5, consistency=1.0, margin=0.0, guide_batch=64,
+                residual=True, staleness=5, consistency=1.0, margin=0.0, guide_batch=64, inflation=10.0,
             ),
         }
         if recipe not in presets:
@@ -240,17 +241,26 @@ def _fit_paper(z: torch.Tensor, config: MappingConfig, device, seed: int, desc: 
     return net.eval(), last
 
 
-def _consistency(model: BatchedMapping, guide: Guide, k: int, config: MappingConfig, aux: int, g, device) -> torch.Tensor:
+def _consistency(
+    model: BatchedMapping, guide: Guide, k: int, config: MappingConfig, aux: int, g, device, norms: torch.Tensor
+) -> torch.Tensor:
     """Hinge on fresh mapped samples: zero for samples already ``margin`` inside their own
     cluster, so it pulls stray samples in without squeezing the ones inside (a cross-entropy
-    would keep pushing every sample toward the centroid and collapse the mapping)."""
+    would keep pushing every sample toward the centroid and collapse the mapping).
+
+    At later layers the cheapest way "inside" can be outward, to latents far larger than any the
+    prior draws (and off the image manifold); the one-sided ``inflation`` term stops mean norms
+    from growing past the cluster's own (``norms``) without holding back a collapse, which the
+    metrics should still see."""
     m = config.guide_batch
     e_free = torch.randn(k, m, aux, generator=g).to(device)
-    logits = guide(model(e_free).reshape(k * m, -1))
+    mapped = model(e_free)
+    inflation = F.relu(mapped.norm(dim=2).mean(1) / norms - 1).pow(2).sum() / k
+    logits = guide(mapped.reshape(k * m, -1))
     target = torch.arange(k, device=logits.device).repeat_interleave(m)
     own = logits.gather(1, target[:, None])[:, 0]
     others = logits.scatter(1, target[:, None], float("-inf")).max(1).values
-    return F.relu(others - own + config.margin).mean()
+    return F.relu(others - own + config.margin).mean() + config.inflation * inflation
 
 
 def _fit_batched(latents: list[torch.Tensor], config: MappingConfig, guide: Guide | None, device, desc: str):
@@ -269,6 +279,7 @@ def _fit_batched(latents: list[torch.Tensor], config: MappingConfig, guide: Guid
     steps = max(1, math.ceil(sum(sizes) / k / config.batch_size))
     batch = min(config.batch_size, min(sizes))
     use_guide = guide is not None and config.consistency > 0
+    norms = torch.stack([z.norm(dim=1).mean() for z in data])
     matched: list[torch.Tensor] = []
     losses = [float("nan")] * k
     with bar(config.epochs, desc=desc, unit="epoch") as b:
@@ -298,7 +309,7 @@ def _fit_batched(latents: list[torch.Tensor], config: MappingConfig, guide: Guid
                 per_cluster = ((out - z_b) ** 2).mean(dim=(1, 2))
                 loss = config.imle_weight * per_cluster.sum()
                 if use_guide:
-                    loss = loss + config.consistency * k * _consistency(model, guide, k, config, aux, g, device)
+                    loss = loss + config.consistency * k * _consistency(model, guide, k, config, aux, g, device, norms)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
