@@ -53,7 +53,7 @@ def refine(run_dir, cluster, layer, k, samples, seed, recipe, epochs, max_draws,
 @click.command("name")
 @click.argument("run_dir", type=click.Path())
 @click.argument("cluster")
-@click.argument("new_name", metavar="NAME", required=False)
+@click.argument("new_name", metavar="[NAME]", required=False)
 @click.option("--clear", is_flag=True, help="Remove the cluster's name.")
 def name(run_dir, cluster, new_name, clear):
     """Name a cluster (CLUSTER is a path like 1/0 or its current name); without NAME, show it."""
