@@ -18,7 +18,9 @@ def blobs(k: int, dim: int, seed: int, per: int = 200, spread: float = 10.0) -> 
     return np.concatenate([c + rng.normal(0, 1, (per, dim)) for c in centers]).astype(np.float32)
 
 
-@pytest.mark.parametrize(("true_k", "dim", "seed"), [(5, 10, 0), (5, 10, 1), (5, 32, 2), (3, 64, 3), (8, 16, 4)])
+@pytest.mark.parametrize(
+    ("true_k", "dim", "seed"), [(5, 10, 0), (5, 10, 1), (5, 32, 2), (3, 64, 3), (8, 16, 4)]
+)
 def test_recovers_a_known_number_of_clusters(true_k, dim, seed):
     scan = ck.scan_k(blobs(true_k, dim, seed), list(range(2, 13)), seed=seed, silhouette_samples=800,
                      eigengap_samples=400)
@@ -79,7 +81,8 @@ def test_recommend_explains_itself():
 
 
 @pytest.mark.parametrize(
-    ("text", "ks"), [("2..5", [2, 3, 4, 5]), ("3-6", [3, 4, 5, 6]), ("8,2,4", [2, 4, 8]), (" 2 .. 4 ", [2, 3, 4])]
+    ("text", "ks"),
+    [("2..5", [2, 3, 4, 5]), ("3-6", [3, 4, 5, 6]), ("8,2,4", [2, 4, 8]), (" 2 .. 4 ", [2, 3, 4])],
 )
 def test_parse_k_range(text, ks):
     assert ck.parse_k_range(text) == ks
@@ -87,7 +90,12 @@ def test_parse_k_range(text, ks):
 
 @pytest.mark.parametrize(
     ("text", "match"),
-    [("12..2", "below the start"), ("1..5", "at least 2"), ("2..3", "at least 3 values"), ("two..9", "must look like")],
+    [
+        ("12..2", "below the start"),
+        ("1..5", "at least 2"),
+        ("2..3", "at least 3 values"),
+        ("two..9", "must look like"),
+    ],
 )
 def test_parse_k_range_errors(text, match):
     with pytest.raises(UserError, match=match):
@@ -118,7 +126,8 @@ def test_choose_k_command(tmp_path, capsys):
 
 def test_choose_k_inside_a_cluster_of_a_run(tiny_run, tmp_path, capsys):
     run_dir = tiny_run[0]
-    code = main(["choose-k", "--run", str(run_dir), "--cluster", "1", "--layer", "block2", "--k-range", "2..4",
+    code = main(["choose-k", "--run", str(run_dir), "--cluster", "1", "--layer", "block2",
+                 "--k-range", "2..4",
                  "--samples", "120", "--silhouette-samples", "100", "--eigengap-samples", "60",
                  "--out", str(tmp_path / "k.png"), "-q"])
     text = capsys.readouterr().out
@@ -134,7 +143,8 @@ def test_choose_k_inside_a_cluster_of_a_run(tiny_run, tmp_path, capsys):
         (["--layer", "block1", "--out", "k.jpg"], "must end in .png"),
         (["--layer", "block9", "--out", "k.png"], "unknown layer 'block9'"),
         (["--layer", "block1", "--samples", "10", "--out", "k.png"], "must be larger than the largest k"),
-        (["--layer", "block1", "--eigengap-samples", "5", "--out", "k.png"], "--eigengap-samples 5 must be larger"),
+        (["--layer", "block1", "--eigengap-samples", "5", "--out", "k.png"],
+         "--eigengap-samples 5 must be larger"),
         (["--layer", "block1", "--run", "somewhere", "--out", "k.png"], "--run and --cluster go together"),
         (["--layer", "block1", "--run", "r", "--cluster", "0", "--generator", "x", "--out", "k.png"],
          "drop --generator"),

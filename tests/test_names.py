@@ -49,7 +49,8 @@ def test_a_name_is_accepted_wherever_a_path_is(run_dir, capsys, tmp_path):
     assert run.resolve("smiling") == run.resolve("Smiling") == run.resolve("2") == run.resolve(2) == "2"
     out = ClusterSampler.load(run_dir)("smiling", 3, seed=1)
     assert out.cluster == "2" and out.images.shape[0] == 3
-    assert main(["sample", str(run_dir), "--cluster", "smiling", "-n", "2", "--out", str(tmp_path / "s"), "-q"]) == 0
+    args = ["sample", str(run_dir), "--cluster", "smiling", "-n", "2", "--out", str(tmp_path / "s"), "-q"]
+    assert main(args) == 0
     assert "cluster 2 smiling" in capsys.readouterr().out
     assert main(["info", str(run_dir)]) == 0
     assert any(line.split()[:2] == ["2", "smiling"] for line in capsys.readouterr().out.splitlines())

@@ -60,7 +60,10 @@ def test_refine_builds_the_tree(tree_dir):
     rows = {r["id"]: r for r in run.metrics["clusters"]}
     assert all(0 <= rows[c]["fidelity"] <= 1 for c in ("1/0/0", "1/0/1", "1/1"))
     events = [e for e in run.history if e["event"] == "refine"]
-    assert [(e["cluster"], e["layer"], e["k"], e["seed"]) for e in events] == [("1", "block2", 2, 0), ("1/0", "block2", 2, 5)]
+    assert [(e["cluster"], e["layer"], e["k"], e["seed"]) for e in events] == [
+        ("1", "block2", 2, 0),
+        ("1/0", "block2", 2, 5),
+    ]
     # the acceptance rate of collecting estimates the cluster's share of the prior
     assert events[0]["acceptance"] == pytest.approx(stats["1"]["share"], abs=0.15)
     assert run.names == {"1": "bright"}
@@ -118,7 +121,8 @@ def test_info_shows_the_tree(tree_dir, capsys):
     assert main(["info", str(tree_dir)]) == 0
     out = capsys.readouterr().out
     assert "refined 1 at block2: k 2, samples 160" in out
-    lines = {line.split()[0]: line for line in out.splitlines() if line.strip() and line.lstrip()[0].isdigit()}
+    rows = [line for line in out.splitlines() if line.strip() and line.lstrip()[0].isdigit()]
+    lines = {line.split()[0]: line for line in rows}
     assert "bright" in lines["1"] and "split @ block2 into 2" in lines["1"]
     assert [line for line in out.splitlines() if line.lstrip().startswith("1/0/0")][0].startswith("    1/0/0")
     assert lines["1/0/0"].rstrip().endswith("leaf")
@@ -132,13 +136,15 @@ def test_refine_cli(run_dir, capsys):
     assert "refined cluster 0 at block2 into 0/0, 0/1: 80 latents from" in out
     run = Run.load(run_dir)
     assert run.leaves() == ["0/0", "0/1", "1", "2"]
-    assert run.history[-1]["mapping"]["epochs"] == 1 and run.mapping.epochs == 3  # override for this split only
+    # the override holds for this split only
+    assert run.history[-1]["mapping"]["epochs"] == 1 and run.mapping.epochs == 3
 
 
 def test_refine_again_needs_force_and_drops_the_subtree(tree_dir, tmp_path, capsys):
     run_dir = shutil.copytree(tree_dir, tmp_path / "run")
     set_name(run_dir, "1/0/1", "dark")
-    code = main(["refine", str(run_dir), "--cluster", "1", "--layer", "block1", "--clusters", "3", "--samples", "90"])
+    args = ["--cluster", "1", "--layer", "block1", "--clusters", "3", "--samples", "90"]
+    code = main(["refine", str(run_dir), *args])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already split at block2 into 2 (1/0, 1/1); pass --force" in err[0]
@@ -197,10 +203,13 @@ def test_collect_latents_is_reproducible_and_counts_draws(fitted):
         (["--cluster", "nobody", "--layer", "block2", "--clusters", "2"], "no cluster 'nobody'"),
         (["--cluster", "1", "--layer", "block9", "--clusters", "2"], "unknown layer 'block9'"),
         (["--cluster", "1", "--layer", "block2", "--clusters", "1"], "--clusters must be at least 2"),
-        (["--cluster", "1", "--layer", "block2", "--clusters", "50", "--samples", "20"], "larger than --samples"),
-        (["--cluster", "1", "--layer", "block2", "--clusters", "2", "--epochs", "0"], "--epochs must be at least 1"),
+        (["--cluster", "1", "--layer", "block2", "--clusters", "50", "--samples", "20"],
+         "larger than --samples"),
+        (["--cluster", "1", "--layer", "block2", "--clusters", "2", "--epochs", "0"],
+         "--epochs must be at least 1"),
         # cluster 1 holds about half of the prior: 1000 of its latents need ~2000 draws
-        (["--cluster", "1", "--layer", "block2", "--clusters", "2", "--samples", "1000", "--max-draws", "500"],
+        (["--cluster", "1", "--layer", "block2", "--clusters", "2",
+          "--samples", "1000", "--max-draws", "500"],
          "raise --max-draws"),
     ],
 )

@@ -34,7 +34,7 @@ def test_paths_and_order(tree):
     assert tree.children("1/1") == []
     assert tree.ancestors("1/0/2") == ["1", "1/0", "1/0/2"]
     assert tree.depth("1/0/2") == 3
-    assert tree.layer_of("1/0/2") == "block3" and tree.layer_of("1/1") == "block2" and tree.layer_of("7") == "block1"
+    assert [tree.layer_of(p) for p in ("1/0/2", "1/1", "7")] == ["block3", "block2", "block1"]
     assert parent_of("1/0/2") == "1/0" and parent_of("3") == ROOT
     assert child_path(ROOT, 4) == "4" and child_path("1/0", 2) == "1/0/2"
     assert path_key("1/10") > path_key("1/9")
