@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from clusterguide import __version__
 from clusterguide.clustering import fit_kmeans
@@ -23,7 +24,7 @@ from clusterguide.mapping import MappingConfig, fit_mappings
 from clusterguide.metrics import distribution_scores, norm_ratio
 from clusterguide.run import FitConfig, Run
 from clusterguide.seeding import derive_seed, randn_streams
-from clusterguide.tree import ROOT, ClusterTree, Split, child_path
+from clusterguide.tree import ROOT, ClusterTree, Split, child_path, parent_of
 
 Log = Callable[[str], None]
 
@@ -44,6 +45,31 @@ def make_guide(G: GeneratorAdapter, split: Split):
         f = representation(G, z.to(G.device), split.layer, split.pool)
         d = (f * f).sum(1, keepdim=True) - 2 * f @ c.T + c_sq
         return -d / scale
+
+    return guide
+
+
+def make_path_guide(G: GeneratorAdapter, tree: ClusterTree, parent: str, split: Split):
+    """The guide for the children of ``parent``: the sibling logits of ``split`` and one more column,
+    "outside the path", that beats every sibling by how far a sample is outside ``parent``'s cluster
+    at any split above it. A leaf is the intersection of one cell per split along its path, and the
+    siblings' cells alone reach far outside the parent: without this column the consistency hinge
+    happily moves a refined cluster's samples out of its parent."""
+    base = make_guide(G, split)
+    if not parent:
+        return base
+    above = [
+        (make_guide(G, tree.splits[parent_of(node)]), int(node.rsplit("/", 1)[-1])) for node in tree.ancestors(parent)
+    ]
+
+    def guide(z: torch.Tensor) -> torch.Tensor:
+        logits = base(z)
+        outside = torch.zeros(logits.shape[0], device=logits.device)
+        for ancestor, index in above:
+            a = ancestor(z)
+            others = a.scatter(1, torch.full((a.shape[0], 1), index, device=a.device), float("-inf"))
+            outside = outside + F.relu(others.max(1).values - a[:, index])
+        return torch.cat([logits, logits.max(1, keepdim=True).values + outside[:, None]], 1)
 
     return guide
 
@@ -90,9 +116,11 @@ def split_cluster(
         result = fit_mappings(
             [latents[torch.from_numpy(km.labels == i)] for i in train],
             run.mapping,
-            guide=make_guide(G, sub),
+            guide=make_path_guide(G, run.tree, parent, sub),
             device=G.device,
             desc=f"mappings @ {layer}",
+            # children start from their parent's mapping, which already lands inside the parent
+            init=run.mappings.get(parent) if parent else None,
         )
         for i, net in zip(train, result.networks):
             run.mappings[child_path(parent, i)] = net

@@ -145,6 +145,19 @@ class BatchedMapping(nn.Module):
         out = torch.bmm(h, self.w3)
         return out + e if self.residual else out
 
+    @torch.no_grad()
+    def start_from(self, net: MappingNetwork) -> None:
+        """Every one of the k mappings becomes a copy of ``net`` (same shape)."""
+        for i in range(self.w1.shape[0]):
+            self.w1[i].copy_(net.fc1.weight.T)
+            self.w2[i].copy_(net.fc2.weight.T)
+            self.w3[i].copy_(net.fc3.weight.T)
+            for j, bn in ((1, net.bn1), (2, net.bn2)):
+                getattr(self, f"g{j}")[i, 0].copy_(bn.weight)
+                getattr(self, f"b{j}")[i, 0].copy_(bn.bias)
+                getattr(self, f"mean{j}")[i, 0].copy_(bn.running_mean)
+                getattr(self, f"var{j}")[i, 0].copy_(bn.running_var)
+
     def export(self, index: int) -> MappingNetwork:
         aux_dim, width = self.w1.shape[1:]
         net = MappingNetwork(aux_dim, width, self.w3.shape[2], self.residual)
@@ -180,11 +193,15 @@ def fit_mappings(
     guide: Guide | None = None,
     device: str | torch.device = "cpu",
     desc: str = "mappings",
+    init: MappingNetwork | None = None,
 ) -> MappingResult:
     """Learn one mapping per entry of ``latents`` (each (n_c, D): the latents of cluster c).
 
     ``guide`` gives assignment logits at the clustering layer; it is used only by recipes with
-    ``consistency > 0``, and cluster c's target is index c of ``latents``.
+    ``consistency > 0``, and cluster c's target is index c of ``latents`` (a guide may add further
+    columns, e.g. "outside the parent", that no cluster targets). ``init``, a network of the same
+    shape (a refined cluster's parent mapping), is where every ``fast`` mapping starts; the paper
+    recipe starts from scratch, as published.
     """
     if not latents:
         raise UserError("no clusters to learn mappings for")
@@ -195,20 +212,27 @@ def fit_mappings(
     if config.recipe == "paper":
         nets, losses = [], []
         for i, z in enumerate(latents):
-            net, loss = _fit_paper(z, config, device, seed=derive_seed(config.seed, "paper", i), desc=f"{desc} [{i}]")
+            net, loss = _fit_paper(
+                z, config, device, seed=derive_seed(config.seed, "paper", i), desc=f"{desc} [{i}]"
+            )
             nets.append(net)
             losses.append(loss)
     else:
-        nets, losses = _fit_batched(latents, config, guide, device, desc)
+        nets, losses = _fit_batched(latents, config, guide, device, desc, init=init)
     return MappingResult([n.cpu().eval() for n in nets], time.perf_counter() - start, losses)
 
 
-def _fit_paper(z: torch.Tensor, config: MappingConfig, device, seed: int, desc: str) -> tuple[MappingNetwork, float]:
+def _fit_paper(
+    z: torch.Tensor, config: MappingConfig, device, seed: int, desc: str, init: MappingNetwork | None = None
+) -> tuple[MappingNetwork, float]:
     """Algorithm 1 for one cluster, as published."""
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = make_network(config, z.shape[1]).to(device)
+        net = make_network(config, z.shape[1])
+    if _can_start_from(init, config, z.shape[1]):
+        net.load_state_dict(init.state_dict(), strict=True)
+    net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     z = z.to(device)
     n = z.shape[0]
@@ -263,13 +287,31 @@ def _consistency(
     return F.relu(others - own + config.margin).mean() + config.inflation * inflation
 
 
-def _fit_batched(latents: list[torch.Tensor], config: MappingConfig, guide: Guide | None, device, desc: str):
+def _can_start_from(net: MappingNetwork | None, config: MappingConfig, latent_dim: int) -> bool:
+    """Whether ``net`` has the shape ``config`` asks for (a recipe override may change it)."""
+    if net is None:
+        return False
+    aux = config.aux_dim or latent_dim
+    return (
+        net.residual == config.residual
+        and tuple(net.fc1.weight.shape) == (config.width, aux)
+        and tuple(net.fc3.weight.shape) == (latent_dim, config.width)
+    )
+
+
+def _fit_batched(
+    latents: list[torch.Tensor], config: MappingConfig, guide: Guide | None, device, desc: str,
+    init: MappingNetwork | None = None,
+):
     """All clusters of a split at once; see the module docstring for what differs from the paper."""
     k = len(latents)
     latent_dim = latents[0].shape[1]
     aux = config.aux_dim or latent_dim
     g = torch.Generator().manual_seed(derive_seed(config.seed, "batched"))
-    model = BatchedMapping(k, aux, config.width, latent_dim, config.residual, g).to(device)
+    model = BatchedMapping(k, aux, config.width, latent_dim, config.residual, g)
+    if _can_start_from(init, config, latent_dim):
+        model.start_from(init)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     data = [z.to(device) for z in latents]
     sizes = [z.shape[0] for z in data]
