@@ -108,3 +108,19 @@ class GeneratorAdapter(nn.Module):
     def describe(self) -> dict:
         """What a run folder records about the generator (enough to reload it)."""
         return {"name": self.name, "weights_id": self.weights_id, "latent_dim": self.latent_dim}
+
+
+def number_option(name: str, value) -> float:
+    """A family option given as text on the command line, as a float (one-line error otherwise)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--{name} must be a number (got {value!r})") from None
+
+
+def published_random(family: str, checkpoint: str, table: dict):
+    """``table[name]`` for a ``random:<name>`` checkpoint of a family's published architectures."""
+    entry = table.get(checkpoint[len("random:") :])
+    if entry is None:
+        raise UserError(f"unknown {family} {checkpoint!r}; choose random:<one of {', '.join(table)}>")
+    return entry

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clusterguide.errors import UserError
-from clusterguide.generators.base import GeneratorAdapter, LayerInfo
+from clusterguide.generators.base import GeneratorAdapter, LayerInfo, number_option, published_random
 from clusterguide.generators.dcgan import load_state_dict_strict, sha256_file
 from clusterguide.generators.registry import register
 from clusterguide.seeding import BLOCK, derive_seed
@@ -446,17 +446,10 @@ def load(checkpoint: str | None = None, truncation: float | str = 1.0, seed: int
     downloaded once), or ``random:<name>`` for that architecture with seeded random weights."""
     from clusterguide.generators import download
 
-    try:
-        truncation = float(truncation)
-    except ValueError:
-        raise UserError(f"--truncation must be a number (got {truncation!r})") from None
+    truncation = number_option("truncation", truncation)
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
     if checkpoint.startswith("random:"):
-        res = PUBLISHED_RESOLUTION.get(checkpoint[7:])
-        if res is None:
-            raise UserError(
-                f"unknown BigGAN {checkpoint!r}; choose random:<one of {', '.join(PUBLISHED_RESOLUTION)}>"
-            )
+        res = published_random("BigGAN", checkpoint, PUBLISHED_RESOLUTION)
         net = random_biggan(BigGANConfig.published(res), int(seed))
         return BigGANAdapter(net, f"{checkpoint}-seed{seed}", truncation)
     path = Path(checkpoint).expanduser()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clusterguide.errors import UserError
-from clusterguide.generators.base import GeneratorAdapter, LayerInfo
+from clusterguide.generators.base import GeneratorAdapter, LayerInfo, published_random
 from clusterguide.generators.dcgan import load_state_dict_strict, sha256_file
 from clusterguide.generators.registry import register
 
@@ -282,11 +282,7 @@ def load(checkpoint: str | None = None, seed: int | str = 0) -> PGANAdapter:
 
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
     if checkpoint.startswith("random:"):
-        res = PUBLISHED_RESOLUTION.get(checkpoint[7:])
-        if res is None:
-            raise UserError(
-                f"unknown PGAN {checkpoint!r}; choose random:<one of {', '.join(PUBLISHED_RESOLUTION)}>"
-            )
+        res = published_random("PGAN", checkpoint, PUBLISHED_RESOLUTION)
         adapter = PGANAdapter(
             random_generator(PGANConfig.standard(res), int(seed)), f"{checkpoint}-seed{seed}"
         )

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clusterguide.errors import UserError
-from clusterguide.generators.base import GeneratorAdapter, LayerInfo
+from clusterguide.generators.base import GeneratorAdapter, LayerInfo, number_option
 from clusterguide.generators.dcgan import load_state_dict_strict
 from clusterguide.generators.registry import register
 from clusterguide.seeding import randn_streams
@@ -982,10 +982,7 @@ def load(
     ``clusterguide convert``), or ``random:<name>`` for that architecture with random weights."""
     from clusterguide.generators import download
 
-    try:
-        psi = float(truncation)
-    except ValueError:
-        raise UserError(f"--truncation must be a number (got {truncation!r})") from None
+    psi = number_option("truncation", truncation)
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
     if checkpoint.startswith("random:"):
         try:
