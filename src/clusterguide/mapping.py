@@ -1,18 +1,27 @@
 """The per-cluster mapping T_c: auxiliary Gaussian e -> the cluster's latents, learned with IMLE.
 
-Two recipes share one network shape (3 bias-free fully connected layers, batch norm between):
+Three recipes share one network shape (3 bias-free fully connected layers, batch norm between):
 
 - ``paper``: Algorithm 1 of the seed paper, cluster by cluster. Every epoch draws Gamma = 10 x
   cluster-size auxiliary samples, matches every latent of the cluster to its nearest mapped sample
-  with FAISS, and regresses the matches with MSE and Adam.
-- ``fast`` (default): every sibling cluster trained at once as one batched network; the mapping is
-  residual and starts as the identity (T(e) = e + f(e), f = 0 at init), so it starts from the prior
-  instead of from a point; matches are refreshed every ``staleness`` epochs (as in Ke Li's IMLE
-  code) with Gamma = 4 x size; and a cluster-consistency hinge on fresh mapped samples pulls the
-  ones that land outside their cluster back in (zero for samples already inside, so it does not
-  squeeze the cluster). Pure IMLE in a 100-d latent space drifts toward the cluster mean (even the
-  nearest of many candidates is far from each latent); the hinge and the identity start are what
-  keep fidelity and spread. docs/benchmarks.md measures both recipes side by side.
+  with FAISS, and regresses the matches with MSE and Adam. Its mappings collapse toward the
+  cluster mean (about half the prior's norm).
+- ``fast`` (default): a residual mapping confined to a few directions, T_c(e) = e + U_c g_c(e).
+  A cluster is a region of the prior, and its membership hangs on few directions of z: U_c holds
+  the ones along which the cluster's second moment departs most from the prior's identity and the
+  one along which its assignment margin changes most. Every other coordinate of e passes through
+  unchanged, so there the mapped distribution is the prior's, exactly. g_c is learned by
+  *conditional* IMLE: every latent z_i keeps its own complement, only its few subspace coordinates
+  are drawn as candidates, and the nearest is regressed. In a few dimensions the nearest of 32
+  candidates is close, so IMLE covers the cluster instead of averaging it (the failure of IMLE in
+  the full 100-d space). A light cluster-consistency hinge on fresh samples pulls the strays in.
+  All sibling clusters train at once as one batched network.
+- ``residual``: the previous default, kept for comparison: a full-space residual mapping with
+  pool-based IMLE (Gamma = 4 x size, refreshed every 5 epochs), a strong consistency hinge and a
+  norm-inflation penalty. It keeps fidelity and norm but overshoots into the cluster's interior,
+  which costs recall.
+
+docs/benchmarks.md measures them side by side.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ Guide = Callable[[torch.Tensor], torch.Tensor]
 class MappingConfig:
     """How the mappings are learned; saved with every run."""
 
-    recipe: str = "fast"  # "fast" (default) or "paper" (Algorithm 1 as published)
+    recipe: str = "fast"  # "fast" (default), "residual" (the previous default) or "paper" (Algorithm 1)
     epochs: int = 400  # passes over each cluster's latents
     gamma: float = 10.0  # auxiliary samples drawn per latent of the cluster (Gamma = gamma x size)
     width: int = 512  # hidden width of the 3-layer network
@@ -54,6 +63,12 @@ class MappingConfig:
     imle_weight: float = 1.0  # weight of the IMLE regression term
     inflation: float = 0.0  # weight of a penalty on mapped norms growing past the cluster's own
     match_quantile: float = 1.0  # regress only the closest share of matches (1.0 = all, as the paper)
+    moment_dims: int = 2  # fast: directions where the cluster's second moment departs most from the prior's
+    active_dims: int = 1  # fast: directions along which the cluster's assignment margin changes most (at least)
+    max_active_dims: int = 1  # fast: ... and at most, added one at a time until keep_target is met
+    keep_target: float = 0.9  # fast: share of the cluster's latents that must stay in it when the complement is redrawn
+    candidates: int = 32  # fast: conditional-IMLE candidates drawn per latent at each refresh
+    min_steps: int = 0  # batched recipes: optimiser steps per epoch at least (small clusters and refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0
 
@@ -63,7 +78,12 @@ class MappingConfig:
         presets = {
             "paper": MappingConfig(recipe="paper"),
             "fast": MappingConfig(
-                recipe="fast", epochs=15, gamma=4.0, width=256, batch_size=512, lr=1e-3,
+                recipe="fast", epochs=15, width=256, batch_size=512, lr=1e-3, residual=True, staleness=5,
+                consistency=0.3, margin=0.0, guide_batch=64, moment_dims=2, active_dims=1, candidates=32,
+                min_steps=10,
+            ),
+            "residual": MappingConfig(
+                recipe="residual", epochs=15, gamma=4.0, width=256, batch_size=512, lr=1e-3,
                 residual=True, staleness=5, consistency=1.0, margin=0.0, guide_batch=64, inflation=10.0,
             ),
         }
@@ -103,11 +123,19 @@ class MappingNetwork(nn.Module):
 
 
 class BatchedMapping(nn.Module):
-    """K mapping networks evaluated as one: inputs (K, B, aux_dim) -> (K, B, latent_dim)."""
+    """K mapping networks evaluated as one: inputs (K, B, aux_dim) -> (K, B, latent_dim).
 
-    def __init__(self, k: int, aux_dim: int, width: int, latent_dim: int, residual: bool, generator: torch.Generator) -> None:
+    With a ``basis`` (K, latent_dim, d) the last layer writes d coordinates that the basis places in
+    latent space (T_c(e) = e + U_c g_c(e)); :meth:`export` folds U_c into the plain last layer."""
+
+    def __init__(
+        self, k: int, aux_dim: int, width: int, latent_dim: int, residual: bool, generator: torch.Generator,
+        basis: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.residual = residual
+        if basis is not None and (basis.shape[0] != k or basis.shape[1] != latent_dim or not residual):
+            raise ValueError(f"basis must be (k={k}, latent_dim={latent_dim}, d) and the mapping residual")
 
         def linear(n_in: int, n_out: int, zero: bool = False) -> nn.Parameter:
             bound = 1.0 / math.sqrt(n_in)  # nn.Linear's default init
@@ -116,7 +144,8 @@ class BatchedMapping(nn.Module):
 
         self.w1 = linear(aux_dim, width)
         self.w2 = linear(width, width)
-        self.w3 = linear(width, latent_dim, zero=residual)
+        self.w3 = linear(width, latent_dim if basis is None else basis.shape[2], zero=residual)
+        self.register_buffer("basis", basis)
         for i in (1, 2):
             self.register_parameter(f"g{i}", nn.Parameter(torch.ones(k, 1, width)))
             self.register_parameter(f"b{i}", nn.Parameter(torch.zeros(k, 1, width)))
@@ -126,8 +155,12 @@ class BatchedMapping(nn.Module):
         self.eps = 1e-5
         self.steps = 0
 
-    def _bn(self, h: torch.Tensor, i: int) -> torch.Tensor:
+    def _bn(self, h: torch.Tensor, i: int, c: int | None = None) -> torch.Tensor:
+        """Batch norm i of every cluster, or of cluster ``c`` alone (eval statistics)."""
         mean_buf, var_buf = getattr(self, f"mean{i}"), getattr(self, f"var{i}")
+        if c is not None:
+            scale = getattr(self, f"g{i}")[c] / torch.sqrt(var_buf[c] + self.eps)
+            return (h - mean_buf[c]) * scale + getattr(self, f"b{i}")[c]
         if self.training:
             mean = h.mean(1, keepdim=True)
             var = h.var(1, keepdim=True, unbiased=False)
@@ -143,7 +176,15 @@ class BatchedMapping(nn.Module):
         h = F.relu(self._bn(torch.bmm(e, self.w1), 1))
         h = F.relu(self._bn(torch.bmm(h, self.w2), 2))
         out = torch.bmm(h, self.w3)
+        if self.basis is not None:
+            out = torch.bmm(out, self.basis.transpose(1, 2))
         return out + e if self.residual else out
+
+    def last_layer_output(self, e: torch.Tensor, c: int) -> torch.Tensor:
+        """Cluster c alone, eval mode: (N, aux_dim) -> what its last layer writes (N, d or latent_dim)."""
+        h = F.relu(self._bn(e @ self.w1[c], 1, c))
+        h = F.relu(self._bn(h @ self.w2[c], 2, c))
+        return h @ self.w3[c]
 
     @torch.no_grad()
     def start_from(self, net: MappingNetwork) -> None:
@@ -151,7 +192,10 @@ class BatchedMapping(nn.Module):
         for i in range(self.w1.shape[0]):
             self.w1[i].copy_(net.fc1.weight.T)
             self.w2[i].copy_(net.fc2.weight.T)
-            self.w3[i].copy_(net.fc3.weight.T)
+            # with a basis, the parent's last layer in its coordinates (exact when the parent writes
+            # only inside the basis, as a refined cluster's parent does)
+            w3 = net.fc3.weight.T if self.basis is None else net.fc3.weight.T @ self.basis[i]
+            self.w3[i].copy_(w3)
             for j, bn in ((1, net.bn1), (2, net.bn2)):
                 getattr(self, f"g{j}")[i, 0].copy_(bn.weight)
                 getattr(self, f"b{j}")[i, 0].copy_(bn.bias)
@@ -160,11 +204,13 @@ class BatchedMapping(nn.Module):
 
     def export(self, index: int) -> MappingNetwork:
         aux_dim, width = self.w1.shape[1:]
-        net = MappingNetwork(aux_dim, width, self.w3.shape[2], self.residual)
+        latent_dim = self.w3.shape[2] if self.basis is None else self.basis.shape[1]
+        net = MappingNetwork(aux_dim, width, latent_dim, self.residual)
         with torch.no_grad():
             net.fc1.weight.copy_(self.w1[index].T)
             net.fc2.weight.copy_(self.w2[index].T)
-            net.fc3.weight.copy_(self.w3[index].T)
+            w3 = self.w3[index] if self.basis is None else self.w3[index] @ self.basis[index].T
+            net.fc3.weight.copy_(w3.T)
             for i, bn in ((1, net.bn1), (2, net.bn2)):
                 bn.weight.copy_(getattr(self, f"g{i}")[index, 0])
                 bn.bias.copy_(getattr(self, f"b{i}")[index, 0])
@@ -200,8 +246,9 @@ def fit_mappings(
     ``guide`` gives assignment logits at the clustering layer; it is used only by recipes with
     ``consistency > 0``, and cluster c's target is index c of ``latents`` (a guide may add further
     columns, e.g. "outside the parent", that no cluster targets). ``init``, a network of the same
-    shape (a refined cluster's parent mapping), is where every ``fast`` mapping starts; the paper
-    recipe starts from scratch, as published.
+    shape (a refined cluster's parent mapping), is where every ``fast`` and ``residual`` mapping
+    starts (``fast`` also keeps the parent's subspace and adds its own directions to it); the
+    paper recipe starts from scratch, as published.
     """
     if not latents:
         raise UserError("no clusters to learn mappings for")
@@ -209,6 +256,8 @@ def fit_mappings(
         if z.shape[0] < 2:
             raise UserError(f"cluster {i} has {z.shape[0]} latents; a mapping needs at least 2")
     start = time.perf_counter()
+    if config.recipe not in ("paper", "fast", "residual"):
+        raise UserError(f"unknown mapping recipe {config.recipe!r}; choose one of: paper, fast, residual")
     if config.recipe == "paper":
         nets, losses = [], []
         for i, z in enumerate(latents):
@@ -299,56 +348,187 @@ def _can_start_from(net: MappingNetwork | None, config: MappingConfig, latent_di
     )
 
 
+def moment_basis(z: torch.Tensor, d: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """(D, d) orthonormal directions, orthogonal to ``exclude`` (D, m), along which the second
+    moment of latents ``z`` departs most from the prior's identity: where a region of the prior
+    differs from the prior."""
+    z = z.double()
+    moment = z.T @ z / z.shape[0] - torch.eye(z.shape[1], dtype=torch.float64, device=z.device)
+    if exclude is not None and exclude.shape[1]:
+        off = torch.eye(z.shape[1], dtype=torch.float64, device=z.device) - exclude.double() @ exclude.double().T
+        moment = off @ moment @ off
+    values, vectors = torch.linalg.eigh(moment)
+    return vectors[:, torch.argsort(values.abs(), descending=True)[:d]].float()
+
+
+def subspace_of(net: MappingNetwork, most: int) -> torch.Tensor | None:
+    """Orthonormal basis of the directions a residual mapping writes to (its last layer's column
+    space), or None when it writes to more than ``most`` (a full-space mapping)."""
+    u, sv, _ = torch.linalg.svd(net.fc3.weight.detach().double(), full_matrices=False)
+    rank = int((sv > sv.max() * 1e-6).sum()) if sv.numel() and sv.max() > 0 else 0
+    return u[:, :rank].float() if rank <= most else None
+
+
+def active_basis(z: torch.Tensor, guide: Guide, cluster: int, d: int, exclude: torch.Tensor, n: int = 2000) -> torch.Tensor:
+    """(D, d) directions, orthogonal to ``exclude`` (D, m), along which the guide's assignment margin
+    of ``cluster`` (own logit minus the best other) changes most over the cluster's latents: the
+    directions the boundary runs across, which moments of the inside can miss."""
+    grads = []
+    for s in range(0, min(n, z.shape[0]), 256):
+        zs = z[s : min(s + 256, n)].detach().clone().requires_grad_(True)
+        logits = guide(zs)
+        others = logits.scatter(1, torch.full((zs.shape[0], 1), cluster, device=logits.device), float("-inf"))
+        (grad,) = torch.autograd.grad((logits[:, cluster] - others.max(1).values).sum(), zs)
+        grads.append(grad.detach().double())
+    grad = torch.cat(grads)
+    ex = exclude.double()
+    grad = grad - (grad @ ex) @ ex.T
+    grad = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    values, vectors = torch.linalg.eigh(grad.T @ grad)
+    return vectors[:, torch.argsort(values, descending=True)[:d]].float()
+
+
+@torch.no_grad()
+def complement_keep(z: torch.Tensor, basis: torch.Tensor, guide: Guide, cluster: int, g: torch.Generator) -> float:
+    """Share of latents ``z`` still assigned to ``cluster`` when everything off ``basis`` is redrawn
+    from the prior: the fidelity a perfect subspace mapping whose complement is the prior's reaches."""
+    noise = torch.randn(z.shape, generator=g).to(z.device)
+    proj = basis @ basis.T
+    redrawn = z @ proj + noise - noise @ proj
+    return float((guide(redrawn).argmax(1) == cluster).float().mean())
+
+
+def cluster_basis(
+    z: torch.Tensor, guide: Guide | None, cluster: int, config: MappingConfig, g: torch.Generator,
+    base: torch.Tensor | None = None, check: int = 1000,
+) -> torch.Tensor:
+    """The fast recipe's U_c, orthonormal: ``base`` (a refined cluster's parent subspace, kept whole),
+    ``moment_dims`` moment directions, then active ones (with a guide), from ``active_dims`` up to
+    ``max_active_dims``, stopping as soon as the complement no longer matters much
+    (:func:`complement_keep` >= ``keep_target``). Early layers need few (faces at ``block1``:
+    2 + 1); later ones more, and the consistency hinge does the rest."""
+    latent_dim = z.shape[1]
+    base = base if base is not None else z.new_zeros(latent_dim, 0)
+    moment = moment_basis(z, min(config.moment_dims, latent_dim - base.shape[1]), exclude=base)
+    fixed = torch.cat([base, moment], 1)
+    most = min(max(config.max_active_dims, config.active_dims), latent_dim - fixed.shape[1])
+    if guide is None or most <= 0:
+        return fixed
+    active = active_basis(z, guide, cluster, most, exclude=fixed)
+    sample = z[:check]
+    for j in range(min(config.active_dims, most), most + 1):
+        basis = torch.linalg.qr(torch.cat([fixed, active[:, :j]], 1).double())[0].float()
+        if j == most or complement_keep(sample, basis, guide, cluster, g) >= config.keep_target:
+            return basis
+    raise AssertionError("unreachable")
+
+
+@torch.no_grad()
+def conditional_matches(
+    model: BatchedMapping, cluster: int, z: torch.Tensor, candidates: int, g: torch.Generator, chunk: int = 1024
+) -> torch.Tensor:
+    """For every latent z_i of ``cluster``: the input e_i whose mapping lands nearest z_i, among
+    ``candidates`` inputs that share z_i's own complement and draw only the subspace coordinates.
+
+    T(e) = e + U g(e) leaves the complement of e untouched, so every candidate already agrees with
+    z_i off the subspace and distances need only the d subspace coordinates."""
+    live = model.basis[cluster].norm(dim=0) > 0  # clusters with fewer directions are zero-padded
+    basis = model.basis[cluster][:, live]
+    d = basis.shape[1]
+    out = torch.empty_like(z)
+    for s in range(0, z.shape[0], chunk):
+        zc = z[s : s + chunk]
+        n = zc.shape[0]
+        coords = zc @ basis
+        complement = zc - coords @ basis.T
+        eps = torch.randn(n, candidates, d, generator=g).to(z.device)
+        cand = complement[:, None, :] + eps @ basis.T  # (n, m, D)
+        written = model.last_layer_output(cand.reshape(n * candidates, -1), cluster)[:, live]
+        mapped = eps + written.reshape(n, candidates, d)
+        best = ((mapped - coords[:, None, :]) ** 2).sum(2).argmin(1)
+        out[s : s + n] = cand[torch.arange(n, device=z.device), best]
+    return out
+
+
+@torch.no_grad()
+def pool_matches(
+    model: BatchedMapping, data: list[torch.Tensor], gammas: list[int], config: MappingConfig, g: torch.Generator, device
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Paper-style IMLE matches for every cluster: Gamma candidates, each latent's nearest."""
+    k, aux = len(data), model.w1.shape[1]
+    e_all = torch.randn(k, max(gammas), aux, generator=g).to(device)
+    mapped = torch.cat([model(e_all[:, s : s + 8192]) for s in range(0, max(gammas), 8192)], 1)
+    matched, targets = [], []
+    for c in range(k):
+        idx, dist = nearest(data[c], mapped[c, : gammas[c]], config.nn_backend)
+        # In a 100-d latent space even the nearest of many candidates is far away, and
+        # regressing onto far matches drags samples toward the cluster mean; keeping
+        # the closest share of matches is a per-epoch threshold in the spirit of Adaptive IMLE.
+        keep = dist <= torch.quantile(dist, config.match_quantile) if config.match_quantile < 1 else torch.ones_like(dist, dtype=torch.bool)
+        keep = keep.to(device)
+        matched.append(e_all[c, idx.to(device)][keep])
+        targets.append(data[c][keep])
+    return matched, targets
+
+
 def _fit_batched(
     latents: list[torch.Tensor], config: MappingConfig, guide: Guide | None, device, desc: str,
     init: MappingNetwork | None = None,
 ):
-    """All clusters of a split at once; see the module docstring for what differs from the paper."""
+    """All clusters of a split at once, ``fast`` or ``residual``; see the module docstring."""
     k = len(latents)
     latent_dim = latents[0].shape[1]
     aux = config.aux_dim or latent_dim
+    structured = config.recipe == "fast"
     g = torch.Generator().manual_seed(derive_seed(config.seed, "batched"))
-    model = BatchedMapping(k, aux, config.width, latent_dim, config.residual, g)
-    if _can_start_from(init, config, latent_dim):
+    data = [z.to(device) for z in latents]
+    basis = parent = None
+    if structured:
+        if not config.residual or aux != latent_dim:
+            raise UserError("the fast recipe needs a residual mapping with aux_dim == latent_dim")
+        # a refined cluster keeps its parent's subspace and starts as a copy of the parent's mapping
+        parent = subspace_of(init, latent_dim // 2) if _can_start_from(init, config, latent_dim) else None
+        bases = [cluster_basis(z, guide, c, config, g, base=parent) for c, z in enumerate(data)]
+        # clusters may need different numbers of directions: pad with zero columns, which write nothing
+        width = max(b.shape[1] for b in bases)
+        basis = torch.stack([F.pad(b, (0, width - b.shape[1])) for b in bases])
+    model = BatchedMapping(k, aux, config.width, latent_dim, config.residual, g, basis=basis)
+    if _can_start_from(init, config, latent_dim) and (not structured or parent is not None):
         model.start_from(init)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    data = [z.to(device) for z in latents]
     sizes = [z.shape[0] for z in data]
     # Each cluster gets Gamma = gamma x its own size candidates (the network runs on the largest
     # count for all, which is cheap; the nearest-neighbour search, which is not, uses only its own).
     gammas = [max(int(config.gamma * n), 1) for n in sizes]
-    steps = max(1, math.ceil(sum(sizes) / k / config.batch_size))
+    # An epoch is a pass over the mean cluster, but at least ``min_steps`` steps: a few hundred
+    # latents (a refinement, a small run) would otherwise get a handful of steps in all.
+    steps = max(1, config.min_steps, math.ceil(sum(sizes) / k / config.batch_size))
     batch = min(config.batch_size, min(sizes))
     use_guide = guide is not None and config.consistency > 0
     norms = torch.stack([z.norm(dim=1).mean() for z in data])
     matched: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = data
     losses = [float("nan")] * k
     with bar(config.epochs, desc=desc, unit="epoch") as b:
         for epoch in range(config.epochs):
             if epoch % config.staleness == 0:
-                e_all = torch.randn(k, max(gammas), aux, generator=g).to(device)
                 model.eval()
-                with torch.no_grad():
-                    mapped = torch.cat([model(e_all[:, s : s + 8192]) for s in range(0, max(gammas), 8192)], 1)
-                matched, targets = [], []
-                for c in range(k):
-                    idx, dist = nearest(data[c], mapped[c, : gammas[c]], config.nn_backend)
-                    # In a 100-d latent space even the nearest of many candidates is far away, and
-                    # regressing onto far matches drags samples toward the cluster mean; keeping
-                    # the closest share of matches is a per-epoch threshold in the spirit of Adaptive IMLE.
-                    keep = dist <= torch.quantile(dist, config.match_quantile) if config.match_quantile < 1 else torch.ones_like(dist, dtype=torch.bool)
-                    keep = keep.to(device)
-                    matched.append(e_all[c, idx.to(device)][keep])
-                    targets.append(data[c][keep])
+                if structured:
+                    matched = [conditional_matches(model, c, data[c], config.candidates, g) for c in range(k)]
+                else:
+                    matched, targets = pool_matches(model, data, gammas, config, g, device)
             model.train()
             totals = torch.zeros(k)
             for _ in range(steps):
                 rows = [torch.randint(len(matched[c]), (batch,), generator=g).to(device) for c in range(k)]
                 e_b = torch.stack([matched[c][rows[c]] for c in range(k)])
                 z_b = torch.stack([targets[c][rows[c]] for c in range(k)])
-                out = model(e_b)
-                per_cluster = ((out - z_b) ** 2).mean(dim=(1, 2))
+                squared = (model(e_b) - z_b) ** 2
+                # fast: squared distance, which only the d subspace coordinates feed (complements
+                # agree by construction), so its weight against the hinge does not depend on the
+                # latent dimension; residual: per-coordinate MSE, as before
+                per_cluster = squared.sum(2).mean(1) if structured else squared.mean(dim=(1, 2))
                 loss = config.imle_weight * per_cluster.sum()
                 if use_guide:
                     loss = loss + config.consistency * k * _consistency(model, guide, k, config, aux, g, device, norms)
@@ -359,6 +539,6 @@ def _fit_batched(
                 totals += per_cluster.detach().cpu()
             losses = (totals / steps).tolist()
             b.update(1)
-            b.set_postfix_str(f"mse {sum(losses) / k:.3f}")
+            b.set_postfix_str(f"loss {sum(losses) / k:.3f}")
     model.eval()
     return [model.export(c) for c in range(k)], losses

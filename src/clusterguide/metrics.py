@@ -73,6 +73,7 @@ def distribution_scores(mapped: np.ndarray, exact: np.ndarray, exact_heldout: np
     out["precision_raw"], out["recall_raw"] = precision_recall(mapped, exact, k)
     if exact_heldout is not None and len(exact_heldout) > k:
         out["precision_ceiling"], out["recall_ceiling"] = precision_recall(held, ref, k)
+        out["precision_raw_ceiling"], out["recall_raw_ceiling"] = precision_recall(exact_heldout, exact, k)
     return out
 
 

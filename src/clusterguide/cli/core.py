@@ -30,8 +30,8 @@ def layers(generator, checkpoint, latent_space, truncation, device):
 @click.option("--clusters", "k", type=int, required=True, help="Number of clusters K.")
 @click.option("--samples", type=int, default=20000, show_default=True, help="Prior latents N.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--mapping", "recipe", type=click.Choice(["fast", "paper"]), default="fast", show_default=True,
-              help="Mapping recipe: the faster, better default or Algorithm 1 as published.")
+@click.option("--mapping", "recipe", type=click.Choice(["fast", "residual", "paper"]), default="fast", show_default=True,
+              help="Mapping recipe: the default, the previous full-space default, or Algorithm 1 as published.")
 @click.option("--epochs", type=int, default=None, help="Mapping epochs (default: the recipe's).")
 @click.option("--class", "class_label", type=int, default=None, help="Class to cluster within (class-conditional generators: BigGAN, StyleGAN2 cifar10).")
 @click.option("--pool", type=int, default=None, help="Average-pool feature maps to PxP before k-means.")

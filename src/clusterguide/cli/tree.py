@@ -22,7 +22,7 @@ GENERATOR_FLAGS = {"generator": "--generator", "checkpoint": "--checkpoint", "la
 @click.option("--samples", type=int, default=5000, show_default=True,
               help="Latents of the cluster to collect and split.")
 @click.option("--seed", type=int, default=None, help="Seed of the latents and k-means [default: the run's].")
-@click.option("--mapping", "recipe", type=click.Choice(["fast", "paper"]), default=None,
+@click.option("--mapping", "recipe", type=click.Choice(["fast", "residual", "paper"]), default=None,
               help="Mapping recipe for the children (default: the run's).")
 @click.option("--epochs", type=int, default=None, help="Mapping epochs (default: the run's).")
 @click.option("--max-draws", type=int, default=2_000_000, show_default=True,
