@@ -17,11 +17,13 @@ from clusterguide.mapping import (
     MappingNetwork,
     active_basis,
     conditional_matches,
+    draw_inputs,
     fit_mappings,
     make_network,
     moment_basis,
 )
 from clusterguide.metrics import norm_ratio, precision_recall, project
+from clusterguide.seeding import randn_streams
 from clusterguide.tree import ClusterTree, Split
 
 
@@ -182,3 +184,62 @@ def test_fast_mapping_covers_its_cluster(tiny_generator):
         _, ceiling = precision_recall(heldout, ref)
         assert tree.membership(G, mapped, str(c)).mean() > 0.95
         assert recall > ceiling - 0.06, (c, recall, ceiling)
+
+
+def test_residual_inputs_come_from_the_generators_prior():
+    """draw_inputs: a residual mapping takes G's own prior, the paper's mapping a standard Gaussian,
+    and for a N(0, I) prior both are the same numbers (so Gaussian generators are unaffected)."""
+    residual, paper = MappingNetwork(6, 8, 6, residual=True), MappingNetwork(6, 8, 6)
+
+    def truncated(n, seed, start):
+        return randn_streams(seed, start, n, 6).clamp(-1, 1) * 0.3
+
+    torch.testing.assert_close(draw_inputs(residual, truncated, 7, 10, 5), truncated(5, 7, 10))
+    torch.testing.assert_close(draw_inputs(paper, truncated, 7, 10, 5), randn_streams(7, 10, 5, 6))
+    gaussian = lambda n, seed, start: randn_streams(seed, start, n, 6)  # noqa: E731
+    torch.testing.assert_close(draw_inputs(residual, gaussian, 7, 10, 5), draw_inputs(paper, gaussian, 7, 10, 5))
+
+
+@pytest.mark.parametrize("recipe", ["fast", "residual"])
+def test_residual_recipes_learn_on_a_non_gaussian_prior(recipe):
+    """A prior of scale 0.3 (a truncated BigGAN z, a W space): with the prior passed in, the mapped
+    samples keep the cluster's scale; fed N(0, I) inputs the same recipe lands at about 3x it."""
+    g = torch.Generator().manual_seed(0)
+    dim, scale = 12, 0.3
+    z = torch.randn(3000, dim, generator=g) * scale
+    direction = torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0)
+    labels = (z @ direction > 0).long()
+    latents = [z[labels == c] for c in range(2)]
+
+    def guide(x):  # the clusters are the two half-spaces of `direction`
+        s = x @ direction / scale
+        return torch.stack([-s, s], 1)
+
+    def prior(n, gen):
+        return torch.randn(n, dim, generator=gen) * scale
+
+    cfg = MappingConfig.preset(recipe, epochs=6, width=32, batch_size=128)
+    ratios = {}
+    for name, p in (("prior", prior), ("gaussian", None)):
+        nets = fit_mappings(latents, cfg, guide=guide, prior=p).networks
+        e = prior(1000, torch.Generator().manual_seed(1)) if name == "prior" else torch.randn(1000, dim)
+        with torch.no_grad():
+            mapped = [net.eval()(e) for net in nets]
+        ratios[name] = [norm_ratio(m.numpy(), latents[c].numpy()) for c, m in enumerate(mapped)]
+        if name == "prior":
+            for c, m in enumerate(mapped):
+                assert (guide(m).argmax(1) == c).float().mean() > 0.9
+    assert all(0.85 < r < 1.15 for r in ratios["prior"]), ratios
+    assert all(r > 2 for r in ratios["gaussian"]), ratios
+
+
+def test_adapters_say_whether_their_prior_is_standard_normal(tiny_generator):
+    from clusterguide.generators import load_generator
+
+    assert tiny_generator.prior_is_standard_normal
+    assert not load_generator("biggan", "random:biggan-deep-128").prior_is_standard_normal  # truncated
+    z_space = load_generator("stylegan2", "random:stylegan2-cifar10-32x32")
+    w_space = load_generator("stylegan2", "random:stylegan2-cifar10-32x32", latent_space="w")
+    assert z_space.prior_is_standard_normal and not w_space.prior_is_standard_normal
+    draws = tiny_generator.prior()(4, torch.Generator().manual_seed(0))
+    assert draws.shape == (4, tiny_generator.latent_dim)

@@ -20,10 +20,10 @@ from clusterguide.errors import UserError
 from clusterguide.features import extract_features, representation
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import GeneratorSpec, load_generator
-from clusterguide.mapping import MappingConfig, fit_mappings
+from clusterguide.mapping import MappingConfig, draw_inputs, fit_mappings
 from clusterguide.metrics import distribution_scores, norm_ratio
 from clusterguide.run import FitConfig, Run
-from clusterguide.seeding import derive_seed, randn_streams
+from clusterguide.seeding import derive_seed
 from clusterguide.tree import ROOT, ClusterTree, Split, child_path, parent_of
 
 Log = Callable[[str], None]
@@ -121,6 +121,7 @@ def split_cluster(
             desc=f"mappings @ {layer}",
             # children start from their parent's mapping, which already lands inside the parent
             init=run.mappings.get(parent) if parent else None,
+            prior=None if G.prior_is_standard_normal else G.prior(),
         )
         for i, net in zip(train, result.networks):
             run.mappings[child_path(parent, i)] = net
@@ -151,7 +152,7 @@ def measure_clusters(
         row: dict = {"id": path, "size": stats["size"], "share": stats["share"], "layer": run.tree.layer_of(path)}
         if path in run.mappings:
             net = run.mappings[path].to(G.device).eval()
-            e = randn_streams(derive_seed(run.fit.seed, "eval", path), 0, n_eval, net.aux_dim).to(G.device)
+            e = draw_inputs(net, G.sample_latents, derive_seed(run.fit.seed, "eval", path), 0, n_eval).to(G.device)
             mapped = net(e)
             row["fidelity"] = float(run.tree.membership(G, mapped, path).mean())
             z_own = latents[own].numpy()

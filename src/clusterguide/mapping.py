@@ -38,10 +38,12 @@ from torch import nn
 from clusterguide.errors import UserError
 from clusterguide.nn_search import nearest
 from clusterguide.progress import bar
-from clusterguide.seeding import derive_seed
+from clusterguide.seeding import derive_seed, randn_streams
 
 # guide(z) -> (N, k) assignment logits at the clustering layer of the split being learned
 Guide = Callable[[torch.Tensor], torch.Tensor]
+# Draws n latents from the generator's own prior on CPU; the random stream is ``generator``'s.
+Prior = Callable[[int, torch.Generator], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,19 @@ def make_network(config: MappingConfig, latent_dim: int) -> MappingNetwork:
     return MappingNetwork(aux, config.width, latent_dim, config.residual)
 
 
+def draw_inputs(net: MappingNetwork, sample_latents: Callable[[int, int, int], torch.Tensor], seed: int, start: int, n: int) -> torch.Tensor:
+    """Inputs e number ``start .. start+n-1`` of the stream ``seed`` for ``net``: a residual mapping
+    (T(e) = e + f(e)) takes the generator's prior, ``sample_latents(n, seed, start)``; the paper's
+    mapping a standard Gaussian. For a N(0, I) prior the two are the same numbers."""
+    if net.residual:
+        return sample_latents(n, seed, start)
+    return randn_streams(seed, start, n, net.aux_dim)
+
+
+def standard_normal(dim: int) -> Prior:
+    return lambda n, g: torch.randn(n, dim, generator=g)
+
+
 def fit_mappings(
     latents: list[torch.Tensor],
     config: MappingConfig,
@@ -240,6 +255,7 @@ def fit_mappings(
     device: str | torch.device = "cpu",
     desc: str = "mappings",
     init: MappingNetwork | None = None,
+    prior: Prior | None = None,
 ) -> MappingResult:
     """Learn one mapping per entry of ``latents`` (each (n_c, D): the latents of cluster c).
 
@@ -249,6 +265,11 @@ def fit_mappings(
     shape (a refined cluster's parent mapping), is where every ``fast`` and ``residual`` mapping
     starts (``fast`` also keeps the parent's subspace and adds its own directions to it); the
     paper recipe starts from scratch, as published.
+
+    ``prior`` draws the generator's own latents (default: N(0, I)). The residual recipes take
+    their inputs e from it, so that a mapping that adds nothing reproduces the prior exactly, also
+    where it is not a standard Gaussian (BigGAN's truncated z, StyleGAN's W); the paper's mapping
+    takes a standard Gaussian, as published. See :func:`draw_inputs` for the sampling side.
     """
     if not latents:
         raise UserError("no clusters to learn mappings for")
@@ -267,7 +288,7 @@ def fit_mappings(
             nets.append(net)
             losses.append(loss)
     else:
-        nets, losses = _fit_batched(latents, config, guide, device, desc, init=init)
+        nets, losses = _fit_batched(latents, config, guide, device, desc, init=init, prior=prior)
     return MappingResult([n.cpu().eval() for n in nets], time.perf_counter() - start, losses)
 
 
@@ -315,7 +336,7 @@ def _fit_paper(
 
 
 def _consistency(
-    model: BatchedMapping, guide: Guide, k: int, config: MappingConfig, aux: int, g, device, norms: torch.Tensor
+    model: BatchedMapping, guide: Guide, k: int, config: MappingConfig, draw: Prior, g, device, norms: torch.Tensor
 ) -> torch.Tensor:
     """Hinge on fresh mapped samples: zero for samples already ``margin`` inside their own
     cluster, so it pulls stray samples in without squeezing the ones inside (a cross-entropy
@@ -326,7 +347,7 @@ def _consistency(
     from growing past the cluster's own (``norms``) without holding back a collapse, which the
     metrics should still see."""
     m = config.guide_batch
-    e_free = torch.randn(k, m, aux, generator=g).to(device)
+    e_free = draw(k * m, g).reshape(k, m, -1).to(device)
     mapped = model(e_free)
     inflation = F.relu(mapped.norm(dim=2).mean(1) / norms - 1).pow(2).sum() / k
     logits = guide(mapped.reshape(k * m, -1))
@@ -348,12 +369,16 @@ def _can_start_from(net: MappingNetwork | None, config: MappingConfig, latent_di
     )
 
 
-def moment_basis(z: torch.Tensor, d: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+def moment_basis(
+    z: torch.Tensor, d: int, exclude: torch.Tensor | None = None, reference: torch.Tensor | None = None
+) -> torch.Tensor:
     """(D, d) orthonormal directions, orthogonal to ``exclude`` (D, m), along which the second
-    moment of latents ``z`` departs most from the prior's identity: where a region of the prior
-    differs from the prior."""
+    moment of latents ``z`` departs most from the prior's, ``reference`` (default: the identity of
+    N(0, I)): where a region of the prior differs from the prior."""
     z = z.double()
-    moment = z.T @ z / z.shape[0] - torch.eye(z.shape[1], dtype=torch.float64, device=z.device)
+    if reference is None:
+        reference = torch.eye(z.shape[1], dtype=torch.float64)
+    moment = z.T @ z / z.shape[0] - reference.double().to(z.device)
     if exclude is not None and exclude.shape[1]:
         off = torch.eye(z.shape[1], dtype=torch.float64, device=z.device) - exclude.double() @ exclude.double().T
         moment = off @ moment @ off
@@ -389,18 +414,20 @@ def active_basis(z: torch.Tensor, guide: Guide, cluster: int, d: int, exclude: t
 
 
 @torch.no_grad()
-def complement_keep(z: torch.Tensor, basis: torch.Tensor, guide: Guide, cluster: int, g: torch.Generator) -> float:
+def complement_keep(
+    z: torch.Tensor, basis: torch.Tensor, guide: Guide, cluster: int, draw: Prior, g: torch.Generator
+) -> float:
     """Share of latents ``z`` still assigned to ``cluster`` when everything off ``basis`` is redrawn
     from the prior: the fidelity a perfect subspace mapping whose complement is the prior's reaches."""
-    noise = torch.randn(z.shape, generator=g).to(z.device)
+    noise = draw(z.shape[0], g).to(z.device)
     proj = basis @ basis.T
     redrawn = z @ proj + noise - noise @ proj
     return float((guide(redrawn).argmax(1) == cluster).float().mean())
 
 
 def cluster_basis(
-    z: torch.Tensor, guide: Guide | None, cluster: int, config: MappingConfig, g: torch.Generator,
-    base: torch.Tensor | None = None, check: int = 1000,
+    z: torch.Tensor, guide: Guide | None, cluster: int, config: MappingConfig, draw: Prior, g: torch.Generator,
+    base: torch.Tensor | None = None, reference: torch.Tensor | None = None, check: int = 1000,
 ) -> torch.Tensor:
     """The fast recipe's U_c, orthonormal: ``base`` (a refined cluster's parent subspace, kept whole),
     ``moment_dims`` moment directions, then active ones (with a guide), from ``active_dims`` up to
@@ -409,7 +436,7 @@ def cluster_basis(
     2 + 1); later ones more, and the consistency hinge does the rest."""
     latent_dim = z.shape[1]
     base = base if base is not None else z.new_zeros(latent_dim, 0)
-    moment = moment_basis(z, min(config.moment_dims, latent_dim - base.shape[1]), exclude=base)
+    moment = moment_basis(z, min(config.moment_dims, latent_dim - base.shape[1]), exclude=base, reference=reference)
     fixed = torch.cat([base, moment], 1)
     most = min(max(config.max_active_dims, config.active_dims), latent_dim - fixed.shape[1])
     if guide is None or most <= 0:
@@ -418,20 +445,22 @@ def cluster_basis(
     sample = z[:check]
     for j in range(min(config.active_dims, most), most + 1):
         basis = torch.linalg.qr(torch.cat([fixed, active[:, :j]], 1).double())[0].float()
-        if j == most or complement_keep(sample, basis, guide, cluster, g) >= config.keep_target:
+        if j == most or complement_keep(sample, basis, guide, cluster, draw, g) >= config.keep_target:
             return basis
     raise AssertionError("unreachable")
 
 
 @torch.no_grad()
 def conditional_matches(
-    model: BatchedMapping, cluster: int, z: torch.Tensor, candidates: int, g: torch.Generator, chunk: int = 1024
+    model: BatchedMapping, cluster: int, z: torch.Tensor, candidates: int, g: torch.Generator, chunk: int = 1024,
+    draw: Prior | None = None,
 ) -> torch.Tensor:
     """For every latent z_i of ``cluster``: the input e_i whose mapping lands nearest z_i, among
     ``candidates`` inputs that share z_i's own complement and draw only the subspace coordinates.
 
     T(e) = e + U g(e) leaves the complement of e untouched, so every candidate already agrees with
-    z_i off the subspace and distances need only the d subspace coordinates."""
+    z_i off the subspace and distances need only the d subspace coordinates. The subspace
+    coordinates are the prior's (``draw``, default N(0, I)) projected on the basis."""
     live = model.basis[cluster].norm(dim=0) > 0  # clusters with fewer directions are zero-padded
     basis = model.basis[cluster][:, live]
     d = basis.shape[1]
@@ -441,7 +470,10 @@ def conditional_matches(
         n = zc.shape[0]
         coords = zc @ basis
         complement = zc - coords @ basis.T
-        eps = torch.randn(n, candidates, d, generator=g).to(z.device)
+        if draw is None:
+            eps = torch.randn(n, candidates, d, generator=g).to(z.device)
+        else:
+            eps = (draw(n * candidates, g).to(z.device) @ basis).reshape(n, candidates, d)
         cand = complement[:, None, :] + eps @ basis.T  # (n, m, D)
         written = model.last_layer_output(cand.reshape(n * candidates, -1), cluster)[:, live]
         mapped = eps + written.reshape(n, candidates, d)
@@ -452,11 +484,12 @@ def conditional_matches(
 
 @torch.no_grad()
 def pool_matches(
-    model: BatchedMapping, data: list[torch.Tensor], gammas: list[int], config: MappingConfig, g: torch.Generator, device
+    model: BatchedMapping, data: list[torch.Tensor], gammas: list[int], config: MappingConfig, draw: Prior,
+    g: torch.Generator, device,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Paper-style IMLE matches for every cluster: Gamma candidates, each latent's nearest."""
-    k, aux = len(data), model.w1.shape[1]
-    e_all = torch.randn(k, max(gammas), aux, generator=g).to(device)
+    k = len(data)
+    e_all = draw(k * max(gammas), g).reshape(k, max(gammas), -1).to(device)
     mapped = torch.cat([model(e_all[:, s : s + 8192]) for s in range(0, max(gammas), 8192)], 1)
     matched, targets = [], []
     for c in range(k):
@@ -473,7 +506,7 @@ def pool_matches(
 
 def _fit_batched(
     latents: list[torch.Tensor], config: MappingConfig, guide: Guide | None, device, desc: str,
-    init: MappingNetwork | None = None,
+    init: MappingNetwork | None = None, prior: Prior | None = None,
 ):
     """All clusters of a split at once, ``fast`` or ``residual``; see the module docstring."""
     k = len(latents)
@@ -482,13 +515,22 @@ def _fit_batched(
     structured = config.recipe == "fast"
     g = torch.Generator().manual_seed(derive_seed(config.seed, "batched"))
     data = [z.to(device) for z in latents]
+    if aux != latent_dim:  # a plain (not residual) mapping of another input size: Gaussian inputs
+        prior = standard_normal(aux)
+    draw = prior or standard_normal(latent_dim)
     basis = parent = None
     if structured:
         if not config.residual or aux != latent_dim:
             raise UserError("the fast recipe needs a residual mapping with aux_dim == latent_dim")
         # a refined cluster keeps its parent's subspace and starts as a copy of the parent's mapping
         parent = subspace_of(init, latent_dim // 2) if _can_start_from(init, config, latent_dim) else None
-        bases = [cluster_basis(z, guide, c, config, g, base=parent) for c, z in enumerate(data)]
+        # the prior's second moment, which a cluster's is compared with (N(0, I): the identity)
+        if prior is None:
+            reference = None
+        else:
+            e = prior(20_000, g).double()
+            reference = e.T @ e / e.shape[0]
+        bases = [cluster_basis(z, guide, c, config, draw, g, base=parent, reference=reference) for c, z in enumerate(data)]
         # clusters may need different numbers of directions: pad with zero columns, which write nothing
         width = max(b.shape[1] for b in bases)
         basis = torch.stack([F.pad(b, (0, width - b.shape[1])) for b in bases])
@@ -515,9 +557,11 @@ def _fit_batched(
             if epoch % config.staleness == 0:
                 model.eval()
                 if structured:
-                    matched = [conditional_matches(model, c, data[c], config.candidates, g) for c in range(k)]
+                    matched = [
+                        conditional_matches(model, c, data[c], config.candidates, g, draw=prior) for c in range(k)
+                    ]
                 else:
-                    matched, targets = pool_matches(model, data, gammas, config, g, device)
+                    matched, targets = pool_matches(model, data, gammas, config, draw, g, device)
             model.train()
             totals = torch.zeros(k)
             for _ in range(steps):
@@ -531,7 +575,7 @@ def _fit_batched(
                 per_cluster = squared.sum(2).mean(1) if structured else squared.mean(dim=(1, 2))
                 loss = config.imle_weight * per_cluster.sum()
                 if use_guide:
-                    loss = loss + config.consistency * k * _consistency(model, guide, k, config, aux, g, device, norms)
+                    loss = loss + config.consistency * k * _consistency(model, guide, k, config, draw, g, device, norms)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

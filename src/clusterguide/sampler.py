@@ -2,7 +2,8 @@
 
 ``ClusterSampler(cluster, n, seed, method)`` draws images of one cluster:
 
-- ``imle``: G(T_c(e)) with e ~ N(0, I); one head-free pass per image.
+- ``imle``: G(T_c(e)), e from the generator's prior (the paper recipe's mappings: N(0, I)); one
+  head-free pass per image.
 - ``exact``: rejection sampling, z from the prior kept when it falls in every cluster along the
   path; exact, but costs about 1/p_c head passes per image (the acceptance rate is reported).
 
@@ -22,8 +23,9 @@ from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import load_generator
 from clusterguide.imaging import to_uint8
+from clusterguide.mapping import draw_inputs
 from clusterguide.run import Run
-from clusterguide.seeding import BLOCK, derive_seed, randn_streams
+from clusterguide.seeding import BLOCK, derive_seed
 
 METHODS = ("imle", "exact")
 
@@ -72,7 +74,7 @@ class ClusterSampler:
         # Map whole blocks of the e stream at a time: a matmul's rounding can depend on how many
         # rows it sees, so mapping exactly the requested rows would tie sample i to n.
         for start in range(0, n, BLOCK):
-            e = randn_streams(stream, start, BLOCK, net.aux_dim)
+            e = draw_inputs(net, self.generator.sample_latents, stream, start, BLOCK)
             out.append(net(e.to(self.device)).cpu()[: n - start])
         return torch.cat(out)
 

@@ -12,6 +12,7 @@ Adapters are ``nn.Module`` subclasses: they load on CPU in fp32 and the caller m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +86,16 @@ class GeneratorAdapter(nn.Module):
         Latent i is the same whatever n and start are, so results never depend on batch size.
         """
         return randn_streams(seed, start, n, self.latent_dim)
+
+    @property
+    def prior_is_standard_normal(self) -> bool:
+        """Whether ``sample_latents`` draws N(0, I) (the base class's prior); adapters that
+        override it say so themselves."""
+        return type(self).sample_latents is GeneratorAdapter.sample_latents
+
+    def prior(self) -> Callable[[int, torch.Generator], torch.Tensor]:
+        """``sample_latents`` as a sampler driven by a torch.Generator (for training loops)."""
+        return lambda n, g: self.sample_latents(n, int(torch.randint(0, 2**62, (1,), generator=g)))
 
     # ---- conditioning -----------------------------------------------------------------
     class_label: int | None = None

@@ -880,6 +880,10 @@ class StyleGAN2Adapter(GeneratorAdapter):
         with torch.no_grad():  # rows are mapped independently, so batch size does not matter
             return self.to_w(z.to(self.device)).cpu()
 
+    @property
+    def prior_is_standard_normal(self) -> bool:
+        return self.latent_space == "z"
+
     # ---- layers and the split -------------------------------------------------------------------
     def layer_names(self) -> list[str]:
         return [info.name for info in self.net.layer_infos()]
