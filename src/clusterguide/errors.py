@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A problem the user can fix: bad name, bad number, missing or damaged file."""
+
+
+class NameTakenError(UserError):
+    """A cluster name that another cluster of the run already has (the web server answers 409)."""

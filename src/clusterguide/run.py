@@ -21,7 +21,7 @@ import torch
 
 import clusterguide
 from clusterguide import artifacts
-from clusterguide.errors import UserError
+from clusterguide.errors import NameTakenError, UserError
 from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.mapping import MappingConfig, MappingNetwork
 from clusterguide.tree import ClusterTree, Split, path_key
@@ -251,7 +251,7 @@ def _set_name_locked(run_dir: Path, cluster: str, name: str) -> tuple[str, dict[
     if name:
         taken = [p for p, n in names.items() if n.lower() == name.lower() and p != path]
         if taken:
-            raise UserError(f"the name {name!r} is already used by cluster {taken[0]}")
+            raise NameTakenError(f"the name {name!r} is already used by cluster {taken[0]}")
         names[path] = name
     else:
         names.pop(path, None)

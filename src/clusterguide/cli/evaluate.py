@@ -100,20 +100,10 @@ def _steps(text: str) -> tuple[float, ...]:
 
 
 def _compute(
-    run_dir,
-    probe,
-    n,
-    seed,
-    methods,
-    targets,
-    select_n,
-    components,
-    ganspace_layer,
-    ganspace_samples,
-    steps,
-    batch_size,
-    device,
+    run_dir, *, probe, n, seed, methods, targets, select_n, components, ganspace_layer, ganspace_samples, steps,
+    batch_size, device,
 ):
+    """Run the evaluation the :func:`evaluation_options` ask for; returns (sampler, result)."""
     from clusterguide.evaluation.tables import EvalConfig, evaluate
 
     config = EvalConfig(
@@ -149,44 +139,15 @@ def default_json(run_dir: str, probe: str) -> Path:
     help="Where to write the JSON [default: RUN_DIR/evaluation-PROBE.json].",
 )
 @quiet_option
-def evaluate(
-    run_dir,
-    probe,
-    n,
-    seed,
-    methods,
-    targets,
-    select_n,
-    components,
-    ganspace_layer,
-    ganspace_samples,
-    steps,
-    batch_size,
-    device,
-    json_path,
-):
+def evaluate(run_dir, json_path, **options):
     """Attribute statistics per cluster (Table 1) and, with --target, shares against GANSpace,
     SeFa and random sampling (Table 2)."""
     from clusterguide.artifacts import write_json
     from clusterguide.evaluation.tables import format_table1, format_table2
 
-    path = output_file(json_path, (".json",)) if json_path else default_json(run_dir, probe)
-    _, result = _compute(
-        run_dir,
-        probe,
-        n,
-        seed,
-        methods,
-        targets,
-        select_n,
-        components,
-        ganspace_layer,
-        ganspace_samples,
-        steps,
-        batch_size,
-        device,
-    )
-    click.echo(f"Table 1: attributes per cluster ({n} images per row; mean ± std over detected images)")
+    path = output_file(json_path, (".json",)) if json_path else default_json(run_dir, options["probe"])
+    _, result = _compute(run_dir, **options)
+    click.echo(f"Table 1: attributes per cluster ({options['n']} images per row; mean ± std over detected images)")
     click.echo(format_table1(result))
     if result["table2"]:
         click.echo("")
@@ -209,25 +170,7 @@ def evaluate(
 @click.option("--per-row", type=int, default=16, show_default=True, help="Images in each sample grid.")
 @evaluation_options
 @quiet_option
-def report(
-    run_dir,
-    out,
-    evaluation_path,
-    fresh,
-    per_row,
-    probe,
-    n,
-    seed,
-    methods,
-    targets,
-    select_n,
-    components,
-    ganspace_layer,
-    ganspace_samples,
-    steps,
-    batch_size,
-    device,
-):
+def report(run_dir, out, evaluation_path, fresh, per_row, **options):
     """One self-contained HTML page: sample grids, Tables 1 and 2, attribute histograms."""
     from clusterguide.artifacts import atomic_path, read_json
     from clusterguide.evaluation.report import build_report
@@ -237,12 +180,12 @@ def report(
     path = output_file(out, (".html", ".htm"))
     if per_row < 1:
         raise UserError(f"--per-row must be at least 1 (got {per_row})")
-    source = Path(evaluation_path) if evaluation_path else default_json(run_dir, probe)
+    source = Path(evaluation_path) if evaluation_path else default_json(run_dir, options["probe"])
     if evaluation_path and fresh:
         raise UserError("--evaluation and --fresh exclude each other")
     if not fresh and (evaluation_path or source.is_file()):
         evaluation = read_json(source)
-        sampler = ClusterSampler.load(run_dir, device=device)
+        sampler = ClusterSampler.load(run_dir, device=options["device"])
         check_matches(evaluation, sampler)
         click.echo(
             f"using {source} (n {evaluation['config']['n']}, seed {evaluation['config']['seed']}); "
@@ -250,21 +193,7 @@ def report(
             err=True,
         )
     else:
-        sampler, evaluation = _compute(
-            run_dir,
-            probe,
-            n,
-            seed,
-            methods,
-            targets,
-            select_n,
-            components,
-            ganspace_layer,
-            ganspace_samples,
-            steps,
-            batch_size,
-            device,
-        )
+        sampler, evaluation = _compute(run_dir, **options)
     page = build_report(sampler, evaluation, per_row=per_row)
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -45,7 +45,7 @@ from typing import ClassVar
 import numpy as np
 
 from clusterguide import artifacts
-from clusterguide.errors import UserError
+from clusterguide.errors import NameTakenError, UserError
 from clusterguide.imaging import grid_image
 from clusterguide.run import Run, set_name
 
@@ -242,8 +242,10 @@ class Gallery:
         path = self.resolve(cluster)
         try:
             path, names = set_name(self.run_dir, path, name)
+        except NameTakenError as exc:
+            raise HTTPError(409, str(exc)) from None
         except UserError as exc:
-            raise HTTPError(409 if "already used" in str(exc) else 400, str(exc)) from None
+            raise HTTPError(400, str(exc)) from None
         LOG.info("cluster %s renamed to %r", path, names.get(path, ""))
         return {"cluster": path, "name": names.get(path, ""), "names": names}
 
