@@ -148,7 +148,7 @@ def test_fast_mapping_moves_latents_only_inside_its_subspace(tiny_clusters):
     latents = [z[torch.from_numpy(km.labels == c)] for c in range(3)]
     cfg = MappingConfig.preset("fast", epochs=3, width=32, batch_size=64)
     nets = fit_mappings(latents, cfg, guide=make_guide(G, split)).networks
-    dims = cfg.moment_dims + cfg.active_dims
+    dims = cfg.moment_dims + cfg.max_active_dims
     for net in nets:
         assert net.residual
         assert torch.linalg.matrix_rank(net.fc3.weight) <= dims
