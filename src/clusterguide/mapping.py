@@ -14,8 +14,8 @@ Three recipes share one network shape (3 bias-free fully connected layers, batch
   prior's, exactly. g_c is learned by *conditional* IMLE: every latent z_i keeps its own
   complement, only its few subspace coordinates are drawn as candidates, and the nearest is
   regressed. In a few dimensions the nearest of 32 candidates is close, so IMLE covers the
-  cluster instead of averaging it (the failure of IMLE in the full 100-d space). A light
-  cluster-consistency hinge on fresh samples pulls the strays in. All sibling clusters train at
+  cluster instead of averaging it (the failure of IMLE in the full 100-d space). A
+  cluster-consistency hinge on fresh samples pulls the strays in (it is zero for samples inside). All sibling clusters train at
   once as one batched network.
 - ``residual``: the previous default, kept for comparison: a full-space residual mapping with
   pool-based IMLE (Gamma = 4 x size, refreshed every 5 epochs), a strong consistency hinge and a
@@ -82,7 +82,7 @@ class MappingConfig:
             "paper": MappingConfig(recipe="paper"),
             "fast": MappingConfig(
                 recipe="fast", epochs=15, width=256, batch_size=512, lr=1e-3, residual=True, staleness=5,
-                consistency=0.3, margin=0.0, guide_batch=64, moment_dims=2, active_dims=1, max_active_dims=8,
+                consistency=1.0, margin=0.0, guide_batch=64, moment_dims=2, active_dims=1, max_active_dims=8,
                 keep_target=0.8, candidates=32, min_steps=10,
             ),
             "residual": MappingConfig(
