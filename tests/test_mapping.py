@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from clusterguide.features import representation
 from clusterguide.mapping import (
     BatchedMapping,
     MappingConfig,
+    RECIPES,
     MappingNetwork,
     active_basis,
     conditional_matches,
@@ -56,6 +59,18 @@ def test_batched_export_matches_batched_forward():
 def test_unknown_recipe_is_a_user_error():
     with pytest.raises(UserError, match="unknown mapping recipe"):
         MappingConfig.preset("magic")
+    with pytest.raises(UserError, match="unknown mapping recipe"):
+        fit_mappings([torch.randn(4, 3)], dataclasses.replace(MappingConfig.preset("fast"), recipe="magic"))
+
+
+def test_cli_offers_every_recipe():
+    """The CLI spells the recipes out (importing the mapping module would load FAISS at start-up)."""
+    from clusterguide.cli.core import fit
+    from clusterguide.cli.tree import refine
+
+    for command in (fit, refine):
+        option = next(p for p in command.params if p.name == "recipe")
+        assert tuple(option.type.choices) == RECIPES
 
 
 def test_precision_recall_tell_same_from_different():

@@ -8,15 +8,15 @@ Three recipes share one network shape (3 bias-free fully connected layers, batch
   cluster mean (about half the prior's norm).
 - ``fast`` (default): a residual mapping confined to a few directions, T_c(e) = e + U_c g_c(e).
   A cluster is a region of the prior, and its membership hangs on few directions of z: U_c holds
-  the ones along which the cluster's second moment departs most from the prior's and the one
-  along which its assignment margin changes most. e is drawn from the generator's own prior, and
+  the ones along which the cluster's second moment departs most from the prior's and those along
+  which its assignment margin changes most (see :func:`cluster_basis`). e is drawn from the generator's own prior, and
   every coordinate of it off U_c passes through unchanged, so there the mapped distribution is the
   prior's, exactly. g_c is learned by *conditional* IMLE: every latent z_i keeps its own
   complement, only its few subspace coordinates are drawn as candidates, and the nearest is
   regressed. In a few dimensions the nearest of 32 candidates is close, so IMLE covers the
   cluster instead of averaging it (the failure of IMLE in the full 100-d space). A
-  cluster-consistency hinge on fresh samples pulls the strays in (it is zero for samples inside). All sibling clusters train at
-  once as one batched network.
+  cluster-consistency hinge on fresh samples pulls the strays in (it is zero for samples inside).
+  All sibling clusters train at once as one batched network.
 - ``residual``: the previous default, kept for comparison: a full-space residual mapping with
   pool-based IMLE (Gamma = 4 x size, refreshed every 5 epochs), a strong consistency hinge and a
   norm-inflation penalty. It keeps fidelity and norm but overshoots into the cluster's interior,
@@ -45,6 +45,13 @@ from clusterguide.seeding import derive_seed, randn_streams
 Guide = Callable[[torch.Tensor], torch.Tensor]
 # Draws n latents from the generator's own prior on CPU; the random stream is ``generator``'s.
 Prior = Callable[[int, torch.Generator], torch.Tensor]
+RECIPES = ("fast", "residual", "paper")
+
+
+def check_recipe(recipe: str) -> str:
+    if recipe not in RECIPES:
+        raise UserError(f"unknown mapping recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    return recipe
 
 
 @dataclass(frozen=True)
@@ -90,9 +97,7 @@ class MappingConfig:
                 residual=True, staleness=5, consistency=1.0, margin=0.0, guide_batch=64, inflation=10.0,
             ),
         }
-        if recipe not in presets:
-            raise UserError(f"unknown mapping recipe {recipe!r}; choose one of: {', '.join(presets)}")
-        return replace(presets[recipe], **{k: v for k, v in overrides.items() if v is not None})
+        return replace(presets[check_recipe(recipe)], **{k: v for k, v in overrides.items() if v is not None})
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -278,9 +283,7 @@ def fit_mappings(
         if z.shape[0] < 2:
             raise UserError(f"cluster {i} has {z.shape[0]} latents; a mapping needs at least 2")
     start = time.perf_counter()
-    if config.recipe not in ("paper", "fast", "residual"):
-        raise UserError(f"unknown mapping recipe {config.recipe!r}; choose one of: paper, fast, residual")
-    if config.recipe == "paper":
+    if check_recipe(config.recipe) == "paper":
         nets, losses = [], []
         for i, z in enumerate(latents):
             net, loss = _fit_paper(
@@ -523,12 +526,13 @@ def _fit_batched(
     if aux != latent_dim:  # a plain (not residual) mapping of another input size: Gaussian inputs
         prior = standard_normal(aux)
     draw = prior or standard_normal(latent_dim)
+    can_start = _can_start_from(init, config, latent_dim)
     basis = parent = None
     if structured:
         if not config.residual or aux != latent_dim:
             raise UserError("the fast recipe needs a residual mapping with aux_dim == latent_dim")
         # a refined cluster keeps its parent's subspace and starts as a copy of the parent's mapping
-        parent = subspace_of(init, latent_dim // 2) if _can_start_from(init, config, latent_dim) else None
+        parent = subspace_of(init, latent_dim // 2) if can_start else None
         # the prior's second moment, which a cluster's is compared with (N(0, I): the identity)
         if prior is None:
             reference = None
@@ -540,7 +544,7 @@ def _fit_batched(
         width = max(b.shape[1] for b in bases)
         basis = torch.stack([F.pad(b, (0, width - b.shape[1])) for b in bases])
     model = BatchedMapping(k, aux, config.width, latent_dim, config.residual, g, basis=basis)
-    if _can_start_from(init, config, latent_dim) and (not structured or parent is not None):
+    if can_start and (not structured or parent is not None):
         model.start_from(init)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
