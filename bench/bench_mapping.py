@@ -72,8 +72,12 @@ def time_sampling(sampler: ClusterSampler, clusters: list[str], n: int, batch: i
         t = time.perf_counter()
         out = sampler(c, n, seed=1, method="exact", batch_size=batch)
         exact[c] = {"s_per_image": (time.perf_counter() - t) / n, "acceptance": out.acceptance_rate}
-    return {"plain_s_per_image": min(plain), "imle_s_per_image": {c: min(v) for c, v in imle.items()},
-            "mapping_s_per_image": mapping, "exact": exact}
+    return {
+        "plain_s_per_image": min(plain),
+        "imle_s_per_image": {c: min(v) for c, v in imle.items()},
+        "mapping_s_per_image": mapping,
+        "exact": exact,
+    }
 
 
 def main() -> int:
@@ -84,7 +88,9 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default="paper,residual,fast", help="comma-separated recipes")
-    ap.add_argument("--set", action="append", default=[], help="override the fast and residual recipes: key=value")
+    ap.add_argument(
+        "--set", action="append", default=[], help="override the fast and residual recipes: key=value"
+    )
     ap.add_argument("--paper-epochs", type=int, default=None, help="shorten the paper recipe (default 400)")
     ap.add_argument("--sample-n", type=int, default=256, help="images per cluster for the sampling timings")
     ap.add_argument("--threads", type=int, default=None)
@@ -105,11 +111,16 @@ def main() -> int:
         run, _ = fit_run(spec, fit_cfg, cfg, generator=G, log=print)
         sampler = ClusterSampler(G, run)
         timing = time_sampling(sampler, run.leaves(), args.sample_n, 64)
-        results.append({"variant": variant, "config": cfg.to_json(), "metrics": run.metrics, "sampling": timing})
+        results.append(
+            {"variant": variant, "config": cfg.to_json(), "metrics": run.metrics, "sampling": timing}
+        )
         print_variant(results[-1], flush=True)
         overhead = max(timing["imle_s_per_image"].values()) / timing["plain_s_per_image"] - 1
-        print(f"IMLE sampling overhead over plain G(z), worst cluster: {overhead * 100:+.1f}%; the mapping alone: "
-              f"{max(timing['mapping_s_per_image'].values()) / timing['plain_s_per_image'] * 100:.2f}% of plain", flush=True)
+        print(
+            f"IMLE sampling overhead over plain G(z), worst cluster: {overhead * 100:+.1f}%; the mapping alone: "
+            f"{max(timing['mapping_s_per_image'].values()) / timing['plain_s_per_image'] * 100:.2f}% of plain",
+            flush=True,
+        )
 
     for r in results:
         r["fit_seconds_full"] = full_recipe_seconds(r)
@@ -118,12 +129,18 @@ def main() -> int:
     paper = next((r for r in results if r["variant"] == "paper"), None)
     for r in results:
         if paper is not None and r is not paper:
-            print(f"fit speed-up {r['variant']} vs paper: {paper['fit_seconds_full'] / r['fit_seconds_full']:.1f}x"
-                  + (" (paper time extrapolated to its 400 epochs)" if paper["config"]["epochs"] < 400 else ""))
+            print(
+                f"fit speed-up {r['variant']} vs paper: {paper['fit_seconds_full'] / r['fit_seconds_full']:.1f}x"
+                + (" (paper time extrapolated to its 400 epochs)" if paper["config"]["epochs"] < 400 else "")
+            )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "args": vars(args)}
+    meta = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "args": vars(args),
+    }
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=float))
     print(f"wrote {out}")
     return 0
@@ -145,14 +162,18 @@ def full_recipe_seconds(result: dict) -> float:
 
 def print_variant(result: dict, flush: bool = False) -> None:
     m = result["metrics"]
-    print(f"{result['variant']}: fit {m['fit_seconds']:.1f}s ({result['config']['epochs']} epochs)  timings {m.get('timings')}",
-          flush=flush)
+    print(
+        f"{result['variant']}: fit {m['fit_seconds']:.1f}s ({result['config']['epochs']} epochs)  timings {m.get('timings')}",
+        flush=flush,
+    )
 
 
 def summary_table(results: list[dict]) -> str:
-    lines = ["| variant | fit s | cluster | size | fidelity | norm ratio | precision | recall (ceiling) "
-             "| raw recall (ceiling) | IMLE ms/img (vs plain) | mapping µs/img | exact ms/img (acceptance) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | fit s | cluster | size | fidelity | norm ratio | precision | recall (ceiling) "
+        "| raw recall (ceiling) | IMLE ms/img (vs plain) | mapping µs/img | exact ms/img (acceptance) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         s = r["sampling"]
         fit = f"{r['metrics']['fit_seconds']:.1f}"
@@ -162,7 +183,8 @@ def summary_table(results: list[dict]) -> str:
             c, ex = row["id"], s["exact"][row["id"]]
             head = f"| {r['variant']} | {fit} " if i == 0 else "| | "
             lines.append(
-                head + f"| {c} | {row['size']} | {row['fidelity']:.3f} | {row['norm_ratio']:.3f} | {row['precision']:.3f} "
+                head
+                + f"| {c} | {row['size']} | {row['fidelity']:.3f} | {row['norm_ratio']:.3f} | {row['precision']:.3f} "
                 f"| {row['recall']:.3f} ({row.get('recall_ceiling', float('nan')):.2f}) "
                 f"| {row['recall_raw']:.3f} ({row.get('recall_raw_ceiling', float('nan')):.2f}) "
                 f"| {s['imle_s_per_image'][c] * 1e3:.2f} ({s['imle_s_per_image'][c] / s['plain_s_per_image'] - 1:+.1%}) "

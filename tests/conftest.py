@@ -22,7 +22,9 @@ def tiny_generator():
     return load_generator("tiny-dcgan")
 
 
-def fit_tiny(out_dir, k: int = 3, samples: int = 600, epochs: int = 3, recipe: str = "fast", layer: str = "block1"):
+def fit_tiny(
+    out_dir, k: int = 3, samples: int = 600, epochs: int = 3, recipe: str = "fast", layer: str = "block1"
+):
     from clusterguide.fit import fit_run
     from clusterguide.generators import GeneratorSpec
     from clusterguide.mapping import MappingConfig

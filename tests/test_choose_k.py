@@ -22,8 +22,9 @@ def blobs(k: int, dim: int, seed: int, per: int = 200, spread: float = 10.0) -> 
     ("true_k", "dim", "seed"), [(5, 10, 0), (5, 10, 1), (5, 32, 2), (3, 64, 3), (8, 16, 4)]
 )
 def test_recovers_a_known_number_of_clusters(true_k, dim, seed):
-    scan = ck.scan_k(blobs(true_k, dim, seed), list(range(2, 13)), seed=seed, silhouette_samples=800,
-                     eigengap_samples=400)
+    scan = ck.scan_k(
+        blobs(true_k, dim, seed), list(range(2, 13)), seed=seed, silhouette_samples=800, eigengap_samples=400
+    )
     assert scan.k == true_k, (scan.picks, scan.reason)
     assert scan.picks["eigengap"] == true_k
     assert "silhouette at k=" in scan.reason  # a strong structure: no warning
@@ -113,9 +114,26 @@ def test_plot(tmp_path):
 
 def test_choose_k_command(tmp_path, capsys):
     out = tmp_path / "k.png"
-    code = main(["choose-k", "--generator", "tiny-dcgan", "--layer", "block1", "--k-range", "2..5",
-                 "--samples", "300", "--silhouette-samples", "200", "--eigengap-samples", "100",
-                 "--out", str(out), "-q"])
+    code = main(
+        [
+            "choose-k",
+            "--generator",
+            "tiny-dcgan",
+            "--layer",
+            "block1",
+            "--k-range",
+            "2..5",
+            "--samples",
+            "300",
+            "--silhouette-samples",
+            "200",
+            "--eigengap-samples",
+            "100",
+            "--out",
+            str(out),
+            "-q",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0, text
     assert "recommended k = " in text and f"wrote {out}" in text
@@ -126,10 +144,28 @@ def test_choose_k_command(tmp_path, capsys):
 
 def test_choose_k_inside_a_cluster_of_a_run(tiny_run, tmp_path, capsys):
     run_dir = tiny_run[0]
-    code = main(["choose-k", "--run", str(run_dir), "--cluster", "1", "--layer", "block2",
-                 "--k-range", "2..4",
-                 "--samples", "120", "--silhouette-samples", "100", "--eigengap-samples", "60",
-                 "--out", str(tmp_path / "k.png"), "-q"])
+    code = main(
+        [
+            "choose-k",
+            "--run",
+            str(run_dir),
+            "--cluster",
+            "1",
+            "--layer",
+            "block2",
+            "--k-range",
+            "2..4",
+            "--samples",
+            "120",
+            "--silhouette-samples",
+            "100",
+            "--eigengap-samples",
+            "60",
+            "--out",
+            str(tmp_path / "k.png"),
+            "-q",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0, text
     assert "recommended k = " in text
@@ -143,18 +179,25 @@ def test_choose_k_inside_a_cluster_of_a_run(tiny_run, tmp_path, capsys):
         (["--layer", "block1", "--out", "k.jpg"], "must end in .png"),
         (["--layer", "block9", "--out", "k.png"], "unknown layer 'block9'"),
         (["--layer", "block1", "--samples", "10", "--out", "k.png"], "must be larger than the largest k"),
-        (["--layer", "block1", "--eigengap-samples", "5", "--out", "k.png"],
-         "--eigengap-samples 5 must be larger"),
+        (
+            ["--layer", "block1", "--eigengap-samples", "5", "--out", "k.png"],
+            "--eigengap-samples 5 must be larger",
+        ),
         (["--layer", "block1", "--run", "somewhere", "--out", "k.png"], "--run and --cluster go together"),
-        (["--layer", "block1", "--run", "r", "--cluster", "0", "--generator", "x", "--out", "k.png"],
-         "drop --generator"),
+        (
+            ["--layer", "block1", "--run", "r", "--cluster", "0", "--generator", "x", "--out", "k.png"],
+            "drop --generator",
+        ),
         (["--out", "k.png"], "Missing option '--layer'"),
     ],
 )
 def test_choose_k_errors_are_one_line(tmp_path, capsys, monkeypatch, args, match):
     monkeypatch.chdir(tmp_path)
-    code = main(["choose-k", "--generator", "tiny-dcgan", *args, "-q"] if "--generator" not in args
-                else ["choose-k", *args, "-q"])
+    code = main(
+        ["choose-k", "--generator", "tiny-dcgan", *args, "-q"]
+        if "--generator" not in args
+        else ["choose-k", *args, "-q"]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err

@@ -40,15 +40,31 @@ def test_fit_sample_grid_info(tmp_path, capsys):
     code, out, err = run_cli(capsys, *FIT, "--clusters", "3", "--out", run_dir)
     assert code == 0, err
     assert "fidelity" in out and (run_dir / "metrics.json").exists()
-    code, out, err = run_cli(capsys, "sample", run_dir, "--cluster", "1", "-n", "5", "--seed", "2", "--out", tmp_path / "s")
+    code, out, err = run_cli(
+        capsys, "sample", run_dir, "--cluster", "1", "-n", "5", "--seed", "2", "--out", tmp_path / "s"
+    )
     assert code == 0, err
     data = np.load(tmp_path / "s.npz")
     assert data["images"].shape == (5, 64, 64, 3) and data["images"].dtype == np.uint8
     assert data["latents"].shape == (5, 16) and data["latents"].dtype == np.float32
     assert Image.open(tmp_path / "s.png").size[0] > 64
-    code, out, err = run_cli(capsys, "sample", run_dir, "--cluster", "1", "-n", "3", "--method", "exact", "--out", tmp_path / "e.png")
+    code, out, err = run_cli(
+        capsys,
+        "sample",
+        run_dir,
+        "--cluster",
+        "1",
+        "-n",
+        "3",
+        "--method",
+        "exact",
+        "--out",
+        tmp_path / "e.png",
+    )
     assert code == 0 and "acceptance" in out
-    code, out, err = run_cli(capsys, "grid", run_dir, "--out", tmp_path / "overview.png", "--per-cluster", "4")
+    code, out, err = run_cli(
+        capsys, "grid", run_dir, "--out", tmp_path / "overview.png", "--per-cluster", "4"
+    )
     assert code == 0, err
     overview = Image.open(tmp_path / "overview.png")
     assert overview.height >= 3 * 64  # one row per cluster
@@ -68,7 +84,10 @@ def test_fit_refuses_to_overwrite_without_force(tmp_path, capsys):
         (["--generator", "nope", "--layer", "block1", "--clusters", "2"], "unknown generator"),
         (["--generator", "tiny-dcgan", "--layer", "block9", "--clusters", "2"], "unknown layer"),
         (["--generator", "tiny-dcgan", "--layer", "block1", "--clusters", "1"], "at least 2"),
-        (["--generator", "tiny-dcgan", "--layer", "block1", "--clusters", "50", "--samples", "10"], "larger than"),
+        (
+            ["--generator", "tiny-dcgan", "--layer", "block1", "--clusters", "50", "--samples", "10"],
+            "larger than",
+        ),
         (["--generator", "tiny-dcgan", "--layer", "block1", "--clusters", "x"], "not a valid integer"),
         (["--generator", "tiny-dcgan", "--layer", "block1", "--clusters", "2", "--device", "cuda"], "cuda"),
     ],
@@ -81,11 +100,28 @@ def test_fit_bad_input(tmp_path, capsys, args, match):
 
 def test_sample_bad_input(tiny_run, tmp_path, capsys):
     run_dir, _ = tiny_run
-    assert_user_error(capsys, "sample", run_dir, "--cluster", "7", "-n", "2", "--out", tmp_path / "x", match="no cluster")
-    assert_user_error(capsys, "sample", tmp_path / "missing", "--cluster", "0", "--out", tmp_path / "x", match="does not exist")
-    assert_user_error(capsys, "sample", run_dir, "--cluster", "0", "--out", tmp_path / "x.jpg", match="must end in")
-    assert_user_error(capsys, "sample", run_dir, "--cluster", "0", "--out", tmp_path / "no" / "x", match="does not exist")
-    assert_user_error(capsys, "sample", run_dir, "--cluster", "0", "-n", "0", "--out", tmp_path / "x", match="at least 1")
+    assert_user_error(
+        capsys, "sample", run_dir, "--cluster", "7", "-n", "2", "--out", tmp_path / "x", match="no cluster"
+    )
+    assert_user_error(
+        capsys,
+        "sample",
+        tmp_path / "missing",
+        "--cluster",
+        "0",
+        "--out",
+        tmp_path / "x",
+        match="does not exist",
+    )
+    assert_user_error(
+        capsys, "sample", run_dir, "--cluster", "0", "--out", tmp_path / "x.jpg", match="must end in"
+    )
+    assert_user_error(
+        capsys, "sample", run_dir, "--cluster", "0", "--out", tmp_path / "no" / "x", match="does not exist"
+    )
+    assert_user_error(
+        capsys, "sample", run_dir, "--cluster", "0", "-n", "0", "--out", tmp_path / "x", match="at least 1"
+    )
     assert_user_error(capsys, "grid", run_dir, "--out", tmp_path / "g.gif", match="must end in")
     assert list(tmp_path.iterdir()) == []
 

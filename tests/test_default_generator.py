@@ -11,7 +11,9 @@ import torch
 from clusterguide.cli import main
 from clusterguide.errors import UserError
 
-pytest.importorskip("gan_face_generate", reason="run `pip install --no-deps gan-face-generate` (make test does)")
+pytest.importorskip(
+    "gan_face_generate", reason="run `pip install --no-deps gan-face-generate` (make test does)"
+)
 
 
 def test_weights_load_strictly_and_make_faces():
@@ -47,8 +49,24 @@ def test_wrong_checkpoint_is_one_clear_error(tmp_path):
 @pytest.mark.slow
 def test_fit_sample_grid_on_the_real_weights(tmp_path, capsys):
     run_dir = tmp_path / "faces"
-    code = main(["fit", "--generator", "digiface-dcgan", "--layer", "block1", "--clusters", "3", "--samples", "1500",
-                 "--epochs", "15", "--out", str(run_dir), "-q"])
+    code = main(
+        [
+            "fit",
+            "--generator",
+            "digiface-dcgan",
+            "--layer",
+            "block1",
+            "--clusters",
+            "3",
+            "--samples",
+            "1500",
+            "--epochs",
+            "15",
+            "--out",
+            str(run_dir),
+            "-q",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     config = json.loads((run_dir / "config.json").read_text())
     assert len(config["generator"]["info"]["weights_id"]) == 64  # sha256 of weights.tar
@@ -57,7 +75,9 @@ def test_fit_sample_grid_on_the_real_weights(tmp_path, capsys):
     assert sum(c["size"] for c in metrics["clusters"]) == 1500
     for row in metrics["clusters"]:
         assert row["fidelity"] > row["share"] + 0.1  # well above what the prior gives
-    assert main(["sample", str(run_dir), "--cluster", "2", "-n", "4", "--out", str(tmp_path / "s"), "-q"]) == 0
+    assert (
+        main(["sample", str(run_dir), "--cluster", "2", "-n", "4", "--out", str(tmp_path / "s"), "-q"]) == 0
+    )
     images = np.load(tmp_path / "s.npz")["images"]
     assert images.shape == (4, 64, 64, 3) and images.std() > 10
     assert main(["grid", str(run_dir), "--out", str(tmp_path / "o.png"), "--per-cluster", "3", "-q"]) == 0

@@ -187,8 +187,9 @@ def test_fast_mapping_covers_its_cluster(tiny_generator):
     split = Split("block1", km.centroids)
     tree = ClusterTree({"": split})
     latents = [z[torch.from_numpy(km.labels == c)] for c in range(3)]
-    nets = fit_mappings(latents, MappingConfig.preset("fast", epochs=8, width=64, batch_size=64),
-                        guide=make_guide(G, split)).networks
+    nets = fit_mappings(
+        latents, MappingConfig.preset("fast", epochs=8, width=64, batch_size=64), guide=make_guide(G, split)
+    ).networks
     for c, net in enumerate(nets):
         with torch.no_grad():
             mapped = net.eval()(torch.randn(400, 16, generator=torch.Generator().manual_seed(1)))
@@ -212,7 +213,9 @@ def test_residual_inputs_come_from_the_generators_prior():
     torch.testing.assert_close(draw_inputs(residual, truncated, 7, 10, 5), truncated(5, 7, 10))
     torch.testing.assert_close(draw_inputs(paper, truncated, 7, 10, 5), randn_streams(7, 10, 5, 6))
     gaussian = lambda n, seed, start: randn_streams(seed, start, n, 6)  # noqa: E731
-    torch.testing.assert_close(draw_inputs(residual, gaussian, 7, 10, 5), draw_inputs(paper, gaussian, 7, 10, 5))
+    torch.testing.assert_close(
+        draw_inputs(residual, gaussian, 7, 10, 5), draw_inputs(paper, gaussian, 7, 10, 5)
+    )
 
 
 @pytest.mark.parametrize("recipe", ["fast", "residual"])

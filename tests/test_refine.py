@@ -124,8 +124,23 @@ def test_info_shows_the_tree(tree_dir, capsys):
 
 
 def test_refine_cli(run_dir, capsys):
-    code = main(["refine", str(run_dir), "--cluster", "0", "--layer", "block2", "--clusters", "2",
-                 "--samples", "80", "--epochs", "1", "-q"])
+    code = main(
+        [
+            "refine",
+            str(run_dir),
+            "--cluster",
+            "0",
+            "--layer",
+            "block2",
+            "--clusters",
+            "2",
+            "--samples",
+            "80",
+            "--epochs",
+            "1",
+            "-q",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "refined cluster 0 at block2 into 0/0, 0/1: 80 latents from" in out
@@ -198,14 +213,30 @@ def test_collect_latents_is_reproducible_and_counts_draws(fitted):
         (["--cluster", "nobody", "--layer", "block2", "--clusters", "2"], "no cluster 'nobody'"),
         (["--cluster", "1", "--layer", "block9", "--clusters", "2"], "unknown layer 'block9'"),
         (["--cluster", "1", "--layer", "block2", "--clusters", "1"], "--clusters must be at least 2"),
-        (["--cluster", "1", "--layer", "block2", "--clusters", "50", "--samples", "20"],
-         "larger than --samples"),
-        (["--cluster", "1", "--layer", "block2", "--clusters", "2", "--epochs", "0"],
-         "--epochs must be at least 1"),
+        (
+            ["--cluster", "1", "--layer", "block2", "--clusters", "50", "--samples", "20"],
+            "larger than --samples",
+        ),
+        (
+            ["--cluster", "1", "--layer", "block2", "--clusters", "2", "--epochs", "0"],
+            "--epochs must be at least 1",
+        ),
         # cluster 1 holds about half of the prior: 1000 of its latents need ~2000 draws
-        (["--cluster", "1", "--layer", "block2", "--clusters", "2",
-          "--samples", "1000", "--max-draws", "500"],
-         "raise --max-draws"),
+        (
+            [
+                "--cluster",
+                "1",
+                "--layer",
+                "block2",
+                "--clusters",
+                "2",
+                "--samples",
+                "1000",
+                "--max-draws",
+                "500",
+            ],
+            "raise --max-draws",
+        ),
     ],
 )
 def test_refine_errors_are_one_line(run_dir, capsys, args, match):

@@ -16,8 +16,14 @@ from clusterguide.run import Run
 from clusterguide.web import make_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -27,8 +33,9 @@ except ImportError:  # the test extra is not installed
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(sync_playwright is None, reason="playwright not installed: pip install -e '.[test]'"),
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="chromium not found: apt-get install chromium chromium-driver"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="chromium not found: apt-get install chromium chromium-driver"
+    ),
 ]
 
 

@@ -79,8 +79,15 @@ def no_names(run_dir):
     yield
 
 
-def request(server, method: str, target: str, body=None, headers: dict | None = None,
-            raw: bytes | None = None, ctype: str | None = None):
+def request(
+    server,
+    method: str,
+    target: str,
+    body=None,
+    headers: dict | None = None,
+    raw: bytes | None = None,
+    ctype: str | None = None,
+):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     hdrs = dict(headers or {})
     if ctype:
@@ -109,7 +116,7 @@ def post(server, target: str, body):
 def decode_data_url(url: str) -> bytes:
     prefix = "data:image/png;base64,"
     assert url.startswith(prefix)
-    return base64.b64decode(url[len(prefix):])
+    return base64.b64decode(url[len(prefix) :])
 
 
 def folder_digest(run_dir: Path) -> dict[str, str]:
@@ -350,8 +357,9 @@ def test_bodies_are_checked_before_they_are_read(server):
     big = json.dumps({"cluster": "0", "name": "x" * MAX_BODY}).encode()
     status, _, payload = request(server, "POST", "/api/name", raw=big, ctype="application/json")
     assert status == 413 and "over" in json.loads(payload)["error"]
-    status, _, _ = request(server, "POST", "/api/name", raw=b'{"cluster": "0", "name": "a"}',
-                           ctype="text/plain")
+    status, _, _ = request(
+        server, "POST", "/api/name", raw=b'{"cluster": "0", "name": "a"}', ctype="text/plain"
+    )
     assert status == 415
     status, _, _ = request(server, "POST", "/api/name", raw=b"{not json", ctype="application/json")
     assert status == 400
@@ -376,12 +384,22 @@ def test_other_hosts_and_origins_are_refused(server, run_dir):
     assert status == 403
     assert request(server, "GET", "/api/run", headers={"Host": f"localhost:{server.port}"})[0] == 200
     # CSRF: a POST from another origin
-    status, _, _ = request(server, "POST", "/api/name", body={"cluster": "0", "name": "pwned"},
-                           headers={"Origin": "http://evil.example"})
+    status, _, _ = request(
+        server,
+        "POST",
+        "/api/name",
+        body={"cluster": "0", "name": "pwned"},
+        headers={"Origin": "http://evil.example"},
+    )
     assert status == 403
     assert json.loads((run_dir / "names.json").read_text()) == {}
-    status, _, _ = request(server, "POST", "/api/name", body={"cluster": "0", "name": "mine"},
-                           headers={"Origin": f"http://127.0.0.1:{server.port}"})
+    status, _, _ = request(
+        server,
+        "POST",
+        "/api/name",
+        body={"cluster": "0", "name": "mine"},
+        headers={"Origin": f"http://127.0.0.1:{server.port}"},
+    )
     assert status == 200
 
 

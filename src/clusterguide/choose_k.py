@@ -86,7 +86,13 @@ def kmeans_pp(x: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo: int 
         return km.labels, km.inertia
     x = as_faiss(x)
     km = faiss.Kmeans(
-        x.shape[1], k, niter=niter, nredo=nredo, seed=int(seed) % (2**31), verbose=False, init_method=init,
+        x.shape[1],
+        k,
+        niter=niter,
+        nredo=nredo,
+        seed=int(seed) % (2**31),
+        verbose=False,
+        init_method=init,
         gpu=bool(gpu and hasattr(faiss, "StandardGpuResources")),
         max_points_per_centroid=max(256, x.shape[0] // k + 1),  # use every point, no subsampling
     )
@@ -241,7 +247,17 @@ def scan_k(
     _, gaps = eigengap_k(ks, eigenvalues)
     k, reason, picks = recommend(ks, inertia, silhouette, gaps)
     return KScan(
-        ks, inertia, silhouette, gaps, eigenvalues.tolist(), picks, k, reason, n, m_sil, m_eig,
+        ks,
+        inertia,
+        silhouette,
+        gaps,
+        eigenvalues.tolist(),
+        picks,
+        k,
+        reason,
+        n,
+        m_sil,
+        m_eig,
     )
 
 

@@ -30,7 +30,9 @@ def as_faiss(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype="float32")
 
 
-def fit_kmeans(features: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo: int = 1, gpu: bool = False) -> KMeansResult:
+def fit_kmeans(
+    features: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo: int = 1, gpu: bool = False
+) -> KMeansResult:
     """Seeded k-means with FAISS; every row gets a label."""
     x = as_faiss(features)
     n = x.shape[0]
@@ -39,7 +41,12 @@ def fit_kmeans(features: np.ndarray, k: int, seed: int = 0, niter: int = 25, nre
     if k > n:
         raise UserError(f"--clusters {k} is larger than the number of samples {n}")
     km = faiss.Kmeans(
-        x.shape[1], k, niter=niter, nredo=nredo, seed=int(seed) % (2**31), verbose=False,
+        x.shape[1],
+        k,
+        niter=niter,
+        nredo=nredo,
+        seed=int(seed) % (2**31),
+        verbose=False,
         gpu=bool(gpu and hasattr(faiss, "StandardGpuResources")),
         max_points_per_centroid=max(256, n // k + 1),  # use every point, no subsampling
     )

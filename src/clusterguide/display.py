@@ -19,17 +19,41 @@ def table(headers: list[str], rows: list[list]) -> str:
     cells = [[fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines += [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells
+    ]
     return "\n".join(lines)
 
 
 def metrics_table(metrics: dict, names: dict[str, str] | None = None) -> str:
     names = names or {}
-    headers = ["cluster", "name", "size", "p_c", "fidelity", "norm_ratio", "precision", "recall", "recall_ceiling",
-               "recall_raw", "raw_ceiling"]
-    keys = ["size", "share", "fidelity", "norm_ratio", "precision", "recall", "recall_ceiling", "recall_raw",
-            "recall_raw_ceiling"]
+    headers = [
+        "cluster",
+        "name",
+        "size",
+        "p_c",
+        "fidelity",
+        "norm_ratio",
+        "precision",
+        "recall",
+        "recall_ceiling",
+        "recall_raw",
+        "raw_ceiling",
+    ]
+    keys = [
+        "size",
+        "share",
+        "fidelity",
+        "norm_ratio",
+        "precision",
+        "recall",
+        "recall_ceiling",
+        "recall_raw",
+        "recall_raw_ceiling",
+    ]
     rows = [[r["id"], names.get(r["id"], "")] + [r.get(k) for k in keys] for r in metrics.get("clusters", [])]
-    note = ("precision/recall: k=5, PCA-16 of the layer's features, vs the cluster's exact samples; *_raw: the same in the "
-            "full feature space; *ceiling: what independent exact samples score")
+    note = (
+        "precision/recall: k=5, PCA-16 of the layer's features, vs the cluster's exact samples; *_raw: the same in the "
+        "full feature space; *ceiling: what independent exact samples score"
+    )
     return table(headers, rows) + "\n" + note

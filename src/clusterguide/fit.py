@@ -59,7 +59,8 @@ def make_path_guide(G: GeneratorAdapter, tree: ClusterTree, parent: str, split: 
     if not parent:
         return base
     above = [
-        (make_guide(G, tree.splits[parent_of(node)]), int(node.rsplit("/", 1)[-1])) for node in tree.ancestors(parent)
+        (make_guide(G, tree.splits[parent_of(node)]), int(node.rsplit("/", 1)[-1]))
+        for node in tree.ancestors(parent)
     ]
 
     def guide(z: torch.Tensor) -> torch.Tensor:
@@ -106,8 +107,12 @@ def split_cluster(
         run.tree.stats[path] = {"size": int(size), "share": float(parent_share * size / latents.shape[0])}
         children.append(path)
         if size < max(cfg.min_cluster_size, 2):
-            run.skipped[path] = f"only {size} of {latents.shape[0]} latents, fewer than min_cluster_size={cfg.min_cluster_size}"
-            log(f"warning: cluster {path} has only {size} latents; no mapping trained (exact sampling still works)")
+            run.skipped[path] = (
+                f"only {size} of {latents.shape[0]} latents, fewer than min_cluster_size={cfg.min_cluster_size}"
+            )
+            log(
+                f"warning: cluster {path} has only {size} latents; no mapping trained (exact sampling still works)"
+            )
         else:
             train.append(i)
     if train:
@@ -140,7 +145,12 @@ def split_cluster(
 
 @torch.no_grad()
 def measure_clusters(
-    G: GeneratorAdapter, run: Run, paths: list[str], latents: torch.Tensor, labels: np.ndarray, feats: np.ndarray
+    G: GeneratorAdapter,
+    run: Run,
+    paths: list[str],
+    latents: torch.Tensor,
+    labels: np.ndarray,
+    feats: np.ndarray,
 ) -> list[dict]:
     """Metrics of every cluster in ``paths`` (siblings, labelled by index in ``labels``)."""
     n_eval = run.fit.eval_samples
@@ -149,10 +159,17 @@ def measure_clusters(
         index = int(path.rsplit("/", 1)[-1])
         own = np.nonzero(labels == index)[0]
         stats = run.tree.stats[path]
-        row: dict = {"id": path, "size": stats["size"], "share": stats["share"], "layer": run.tree.layer_of(path)}
+        row: dict = {
+            "id": path,
+            "size": stats["size"],
+            "share": stats["share"],
+            "layer": run.tree.layer_of(path),
+        }
         if path in run.mappings:
             net = run.mappings[path].to(G.device).eval()
-            e = draw_inputs(net, G.sample_latents, derive_seed(run.fit.seed, "eval", path), 0, n_eval).to(G.device)
+            e = draw_inputs(net, G.sample_latents, derive_seed(run.fit.seed, "eval", path), 0, n_eval).to(
+                G.device
+            )
             mapped = net(e)
             row["fidelity"] = float(run.tree.membership(G, mapped, path).mean())
             z_own = latents[own].numpy()
@@ -164,7 +181,9 @@ def measure_clusters(
             # exact samples: the cluster's own latents; a second, disjoint share gives the ceiling
             half = min(n_eval, len(own) // 2)
             heldout = feats[own[half : 2 * half]] if half > 5 else None
-            row.update(distribution_scores(mapped_feats, feats[own[: max(half, min(n_eval, len(own)))]], heldout))
+            row.update(
+                distribution_scores(mapped_feats, feats[own[: max(half, min(n_eval, len(own)))]], heldout)
+            )
         else:
             row.update({"fidelity": None, "norm_ratio": None, "precision": None, "recall": None})
             row["note"] = run.skipped.get(path, "")
@@ -216,5 +235,13 @@ def fit_run(
     seconds = time.perf_counter() - start
     run.metrics["fit_seconds"] = seconds
     run.metrics["mapping_recipe"] = map_cfg.recipe
-    run.history.append({"event": "fit", "layer": fit_cfg.layer, "k": fit_cfg.clusters, "version": __version__, "seconds": seconds})
+    run.history.append(
+        {
+            "event": "fit",
+            "layer": fit_cfg.layer,
+            "k": fit_cfg.clusters,
+            "version": __version__,
+            "seconds": seconds,
+        }
+    )
     return run, G

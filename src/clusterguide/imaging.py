@@ -36,7 +36,9 @@ def grid_image(images: np.ndarray, ncol: int | None = None, pad: int = 2, scale:
     canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, ncol)
-        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
+        canvas[
+            pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w
+        ] = img
     out = Image.fromarray(canvas)
     if scale != 1:
         out = out.resize((out.width * scale, out.height * scale), Image.NEAREST)

@@ -74,9 +74,13 @@ class MappingConfig:
     inflation: float = 0.0  # weight of a penalty on mapped norms growing past the cluster's own
     match_quantile: float = 1.0  # regress only the closest share of matches (1.0 = all, as the paper)
     moment_dims: int = 2  # fast: directions where the cluster's second moment departs most from the prior's
-    active_dims: int = 1  # fast: directions along which the cluster's assignment margin changes most (at least)
+    active_dims: int = (
+        1  # fast: directions along which the cluster's assignment margin changes most (at least)
+    )
     max_active_dims: int = 1  # fast: ... and at most, added one at a time until keep_target is met
-    keep_target: float = 0.9  # fast: share of the cluster's latents that must stay in it when the complement is redrawn
+    keep_target: float = (
+        0.9  # fast: share of the cluster's latents that must stay in it when the complement is redrawn
+    )
     candidates: int = 32  # fast: conditional-IMLE candidates drawn per latent at each refresh
     min_steps: int = 0  # batched recipes: optimiser steps per epoch at least (small clusters and refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
@@ -88,13 +92,36 @@ class MappingConfig:
         presets = {
             "paper": MappingConfig(recipe="paper"),
             "fast": MappingConfig(
-                recipe="fast", epochs=15, width=256, batch_size=512, lr=1e-3, residual=True, staleness=5,
-                consistency=1.0, margin=0.0, guide_batch=64, moment_dims=2, active_dims=1, max_active_dims=8,
-                keep_target=0.8, candidates=32, min_steps=10,
+                recipe="fast",
+                epochs=15,
+                width=256,
+                batch_size=512,
+                lr=1e-3,
+                residual=True,
+                staleness=5,
+                consistency=1.0,
+                margin=0.0,
+                guide_batch=64,
+                moment_dims=2,
+                active_dims=1,
+                max_active_dims=8,
+                keep_target=0.8,
+                candidates=32,
+                min_steps=10,
             ),
             "residual": MappingConfig(
-                recipe="residual", epochs=15, gamma=4.0, width=256, batch_size=512, lr=1e-3,
-                residual=True, staleness=5, consistency=1.0, margin=0.0, guide_batch=64, inflation=10.0,
+                recipe="residual",
+                epochs=15,
+                gamma=4.0,
+                width=256,
+                batch_size=512,
+                lr=1e-3,
+                residual=True,
+                staleness=5,
+                consistency=1.0,
+                margin=0.0,
+                guide_batch=64,
+                inflation=10.0,
             ),
         }
         return replace(presets[check_recipe(recipe)], **{k: v for k, v in overrides.items() if v is not None})
@@ -137,7 +164,13 @@ class BatchedMapping(nn.Module):
     latent space (T_c(e) = e + U_c g_c(e)); :meth:`export` folds U_c into the plain last layer."""
 
     def __init__(
-        self, k: int, aux_dim: int, width: int, latent_dim: int, residual: bool, generator: torch.Generator,
+        self,
+        k: int,
+        aux_dim: int,
+        width: int,
+        latent_dim: int,
+        residual: bool,
+        generator: torch.Generator,
         basis: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
@@ -147,7 +180,11 @@ class BatchedMapping(nn.Module):
 
         def linear(n_in: int, n_out: int, zero: bool = False) -> nn.Parameter:
             bound = 1.0 / math.sqrt(n_in)  # nn.Linear's default init
-            w = torch.zeros(k, n_in, n_out) if zero else (torch.rand(k, n_in, n_out, generator=generator) * 2 - 1) * bound
+            w = (
+                torch.zeros(k, n_in, n_out)
+                if zero
+                else (torch.rand(k, n_in, n_out, generator=generator) * 2 - 1) * bound
+            )
             return nn.Parameter(w)
 
         self.w1 = linear(aux_dim, width)
@@ -240,7 +277,13 @@ def make_network(config: MappingConfig, latent_dim: int) -> MappingNetwork:
     return MappingNetwork(aux, config.width, latent_dim, config.residual)
 
 
-def draw_inputs(net: MappingNetwork, sample_latents: Callable[[int, int, int], torch.Tensor], seed: int, start: int, n: int) -> torch.Tensor:
+def draw_inputs(
+    net: MappingNetwork,
+    sample_latents: Callable[[int, int, int], torch.Tensor],
+    seed: int,
+    start: int,
+    n: int,
+) -> torch.Tensor:
     """Inputs e number ``start .. start+n-1`` of the stream ``seed`` for ``net``: a residual mapping
     (T(e) = e + f(e)) takes the generator's prior, ``sample_latents(n, seed, start)``; the paper's
     mapping a standard Gaussian. For a N(0, I) prior the two are the same numbers."""
@@ -340,7 +383,14 @@ def _fit_paper(
 
 
 def _consistency(
-    model: BatchedMapping, guide: Guide, k: int, config: MappingConfig, draw: Prior, g, device, norms: torch.Tensor
+    model: BatchedMapping,
+    guide: Guide,
+    k: int,
+    config: MappingConfig,
+    draw: Prior,
+    g,
+    device,
+    norms: torch.Tensor,
 ) -> torch.Tensor:
     """Hinge on fresh mapped samples: zero for samples already ``margin`` inside their own
     cluster, so it pulls stray samples in without squeezing the ones inside (a cross-entropy
@@ -384,7 +434,10 @@ def moment_basis(
         reference = torch.eye(z.shape[1], dtype=torch.float64)
     moment = z.T @ z / z.shape[0] - reference.double().to(z.device)
     if exclude is not None and exclude.shape[1]:
-        off = torch.eye(z.shape[1], dtype=torch.float64, device=z.device) - exclude.double() @ exclude.double().T
+        off = (
+            torch.eye(z.shape[1], dtype=torch.float64, device=z.device)
+            - exclude.double() @ exclude.double().T
+        )
         moment = off @ moment @ off
     values, vectors = torch.linalg.eigh(moment)
     return vectors[:, torch.argsort(values.abs(), descending=True)[:d]].float()
@@ -398,7 +451,9 @@ def subspace_of(net: MappingNetwork, most: int) -> torch.Tensor | None:
     return u[:, :rank].float() if rank <= most else None
 
 
-def active_basis(z: torch.Tensor, guide: Guide, cluster: int, d: int, exclude: torch.Tensor, n: int = 2000) -> torch.Tensor:
+def active_basis(
+    z: torch.Tensor, guide: Guide, cluster: int, d: int, exclude: torch.Tensor, n: int = 2000
+) -> torch.Tensor:
     """(D, d) directions, orthogonal to ``exclude`` (D, m), along which the guide's assignment margin
     of ``cluster`` (own logit minus the best other) changes most over the cluster's latents: the
     directions the boundary runs across, which moments of the inside can miss."""
@@ -430,8 +485,14 @@ def complement_keep(
 
 
 def cluster_basis(
-    z: torch.Tensor, guide: Guide | None, cluster: int, config: MappingConfig, draw: Prior,
-    base: torch.Tensor | None = None, reference: torch.Tensor | None = None, check: int = 1000,
+    z: torch.Tensor,
+    guide: Guide | None,
+    cluster: int,
+    config: MappingConfig,
+    draw: Prior,
+    base: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
+    check: int = 1000,
 ) -> torch.Tensor:
     """The fast recipe's U_c, orthonormal: ``base`` (a refined cluster's parent subspace, kept whole),
     ``moment_dims`` moment directions, then active ones (with a guide), from ``active_dims`` up to
@@ -442,7 +503,9 @@ def cluster_basis(
     farther in more dimensions), which is why the target is 0.8 and not higher: docs/benchmarks.md."""
     latent_dim = z.shape[1]
     base = base if base is not None else z.new_zeros(latent_dim, 0)
-    moment = moment_basis(z, min(config.moment_dims, latent_dim - base.shape[1]), exclude=base, reference=reference)
+    moment = moment_basis(
+        z, min(config.moment_dims, latent_dim - base.shape[1]), exclude=base, reference=reference
+    )
     fixed = torch.cat([base, moment], 1)
     most = min(max(config.max_active_dims, config.active_dims), latent_dim - fixed.shape[1])
     if guide is None or most <= 0:
@@ -460,7 +523,12 @@ def cluster_basis(
 
 @torch.no_grad()
 def conditional_matches(
-    model: BatchedMapping, cluster: int, z: torch.Tensor, candidates: int, g: torch.Generator, chunk: int = 1024,
+    model: BatchedMapping,
+    cluster: int,
+    z: torch.Tensor,
+    candidates: int,
+    g: torch.Generator,
+    chunk: int = 1024,
     draw: Prior | None = None,
 ) -> torch.Tensor:
     """For every latent z_i of ``cluster``: the input e_i whose mapping lands nearest z_i, among
@@ -492,8 +560,13 @@ def conditional_matches(
 
 @torch.no_grad()
 def pool_matches(
-    model: BatchedMapping, data: list[torch.Tensor], gammas: list[int], config: MappingConfig, draw: Prior,
-    g: torch.Generator, device,
+    model: BatchedMapping,
+    data: list[torch.Tensor],
+    gammas: list[int],
+    config: MappingConfig,
+    draw: Prior,
+    g: torch.Generator,
+    device,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Paper-style IMLE matches for every cluster: Gamma candidates, each latent's nearest."""
     k = len(data)
@@ -505,7 +578,11 @@ def pool_matches(
         # In a 100-d latent space even the nearest of many candidates is far away, and
         # regressing onto far matches drags samples toward the cluster mean; keeping
         # the closest share of matches is a per-epoch threshold in the spirit of Adaptive IMLE.
-        keep = dist <= torch.quantile(dist, config.match_quantile) if config.match_quantile < 1 else torch.ones_like(dist, dtype=torch.bool)
+        keep = (
+            dist <= torch.quantile(dist, config.match_quantile)
+            if config.match_quantile < 1
+            else torch.ones_like(dist, dtype=torch.bool)
+        )
         keep = keep.to(device)
         matched.append(e_all[c, idx.to(device)][keep])
         targets.append(data[c][keep])
@@ -513,8 +590,13 @@ def pool_matches(
 
 
 def _fit_batched(
-    latents: list[torch.Tensor], config: MappingConfig, guide: Guide | None, device, desc: str,
-    init: MappingNetwork | None = None, prior: Prior | None = None,
+    latents: list[torch.Tensor],
+    config: MappingConfig,
+    guide: Guide | None,
+    device,
+    desc: str,
+    init: MappingNetwork | None = None,
+    prior: Prior | None = None,
 ):
     """All clusters of a split at once, ``fast`` or ``residual``; see the module docstring."""
     k = len(latents)
@@ -539,7 +621,10 @@ def _fit_batched(
         else:
             e = prior(20_000, g).double()
             reference = e.T @ e / e.shape[0]
-        bases = [cluster_basis(z, guide, c, config, draw, base=parent, reference=reference) for c, z in enumerate(data)]
+        bases = [
+            cluster_basis(z, guide, c, config, draw, base=parent, reference=reference)
+            for c, z in enumerate(data)
+        ]
         # clusters may need different numbers of directions: pad with zero columns, which write nothing
         width = max(b.shape[1] for b in bases)
         basis = torch.stack([F.pad(b, (0, width - b.shape[1])) for b in bases])
@@ -567,7 +652,8 @@ def _fit_batched(
                 model.eval()
                 if structured:
                     matched = [
-                        conditional_matches(model, c, data[c], config.candidates, g, draw=prior) for c in range(k)
+                        conditional_matches(model, c, data[c], config.candidates, g, draw=prior)
+                        for c in range(k)
                     ]
                 else:
                     matched, targets = pool_matches(model, data, gammas, config, draw, g, device)
@@ -584,7 +670,9 @@ def _fit_batched(
                 per_cluster = squared.sum(2).mean(1) if structured else squared.mean(dim=(1, 2))
                 loss = config.imle_weight * per_cluster.sum()
                 if use_guide:
-                    loss = loss + config.consistency * k * _consistency(model, guide, k, config, draw, g, device, norms)
+                    loss = loss + config.consistency * k * _consistency(
+                        model, guide, k, config, draw, g, device, norms
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

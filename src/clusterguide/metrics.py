@@ -32,7 +32,9 @@ def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
     return dist[:, k]
 
 
-def _inside_any_ball(queries: np.ndarray, ref: np.ndarray, radii: np.ndarray, chunk: int = 1024) -> np.ndarray:
+def _inside_any_ball(
+    queries: np.ndarray, ref: np.ndarray, radii: np.ndarray, chunk: int = 1024
+) -> np.ndarray:
     ref_sq = (ref.astype(np.float64) ** 2).sum(1)
     out = np.zeros(len(queries), dtype=bool)
     for s in range(0, len(queries), chunk):
@@ -64,7 +66,9 @@ def project(reference: np.ndarray, *others: np.ndarray, dims: int = PR_DIMS) -> 
     return [pca.apply(ref)] + [pca.apply(as_faiss(o)) for o in others]
 
 
-def distribution_scores(mapped: np.ndarray, exact: np.ndarray, exact_heldout: np.ndarray | None, k: int = 5) -> dict:
+def distribution_scores(
+    mapped: np.ndarray, exact: np.ndarray, exact_heldout: np.ndarray | None, k: int = 5
+) -> dict:
     """Precision/recall of mapped vs exact features, projected and raw, with the ceiling an
     independent exact set reaches (None when there is no held-out set)."""
     ref, m, held = project(exact, mapped, exact_heldout if exact_heldout is not None else exact[:0])

@@ -21,7 +21,9 @@ def nearest_faiss(queries: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tens
     return torch.from_numpy(idx[:, 0].astype(np.int64)), torch.from_numpy(dist[:, 0])
 
 
-def nearest_torch(queries: torch.Tensor, base: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_torch(
+    queries: torch.Tensor, base: torch.Tensor, chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
     base = base.detach()
     base_sq = (base * base).sum(1)
     idx_out, dist_out = [], []
@@ -34,7 +36,9 @@ def nearest_torch(queries: torch.Tensor, base: torch.Tensor, chunk: int = 4096) 
     return torch.cat(idx_out), torch.cat(dist_out)
 
 
-def nearest(queries: torch.Tensor, base: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def nearest(
+    queries: torch.Tensor, base: torch.Tensor, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "auto":
         backend = "torch" if base.is_cuda else "faiss"
     return nearest_torch(queries, base) if backend == "torch" else nearest_faiss(queries, base)

@@ -32,7 +32,9 @@ def _active() -> bool:
     return sys.stderr.isatty()
 
 
-def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it"
+) -> Iterator[T]:
     if not _active():
         yield from iterable
         return
@@ -43,6 +45,7 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", un
 def bar(total: int | None, desc: str = "", unit: str = "it"):
     """A manual bar: ``with bar(n) as b: b.update(k)``; a no-op object when silenced."""
     if not _active():
+
         class _Null:
             def update(self, n: int = 1) -> None: ...
             def set_postfix_str(self, s: str) -> None: ...

@@ -163,8 +163,10 @@ def refine_run(
     latents, drawn = collect_latents(
         G, run.tree, path, samples, derive_seed(seed, "refine", path), max_draws=max_draws, share=share
     )
-    log(f"collected {samples} latents of cluster {path} from {drawn:,} prior samples "
-        f"(acceptance {samples / drawn:.3f})")
+    log(
+        f"collected {samples} latents of cluster {path} from {drawn:,} prior samples "
+        f"(acceptance {samples / drawn:.3f})"
+    )
 
     dropped = _drop_subtree(run, path)
     mapping = _mapping_config(run.mapping, recipe, epochs)
@@ -175,9 +177,18 @@ def refine_run(
         run.mapping = fit_mapping
     seconds = time.perf_counter() - start
     event = {
-        "event": "refine", "cluster": path, "layer": layer, "k": k, "samples": samples, "seed": seed,
-        "drawn": drawn, "acceptance": samples / drawn, "replaced": sorted(dropped) if dropped else [],
-        "version": __version__, "seconds": seconds, **timings,
+        "event": "refine",
+        "cluster": path,
+        "layer": layer,
+        "k": k,
+        "samples": samples,
+        "seed": seed,
+        "drawn": drawn,
+        "acceptance": samples / drawn,
+        "replaced": sorted(dropped) if dropped else [],
+        "version": __version__,
+        "seconds": seconds,
+        **timings,
     }
     if mapping != fit_mapping:
         event["mapping"] = mapping.to_json()

@@ -78,7 +78,9 @@ class Run:
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise UserError(f"cluster name {text!r} is ambiguous: it names {', '.join(sorted(matches, key=path_key))}")
+            raise UserError(
+                f"cluster name {text!r} is ambiguous: it names {', '.join(sorted(matches, key=path_key))}"
+            )
         known = ", ".join(self.tree.clusters())
         raise UserError(f"no cluster {text!r} (by path or name); clusters are: {known}")
 
@@ -111,10 +113,17 @@ class Run:
                 _carry_other_files(run_dir, stage)
             cluster_sha = artifacts.save_tensors(
                 stage / artifacts.CLUSTERS,
-                {f"split:{p}": torch.from_numpy(np.ascontiguousarray(s.centroids)) for p, s in self.tree.splits.items()},
+                {
+                    f"split:{p}": torch.from_numpy(np.ascontiguousarray(s.centroids))
+                    for p, s in self.tree.splits.items()
+                },
             )
-            mapping_tensors = {f"{p}::{k}": v for p, net in self.mappings.items() for k, v in net.state_dict().items()}
-            mapping_sha = artifacts.save_tensors(stage / artifacts.MAPPINGS, mapping_tensors or {"_empty": torch.zeros(0)})
+            mapping_tensors = {
+                f"{p}::{k}": v for p, net in self.mappings.items() for k, v in net.state_dict().items()
+            }
+            mapping_sha = artifacts.save_tensors(
+                stage / artifacts.MAPPINGS, mapping_tensors or {"_empty": torch.zeros(0)}
+            )
             artifacts.write_json(stage / artifacts.METRICS, self.metrics)
             artifacts.write_json(stage / artifacts.NAMES, self.names)
             artifacts.write_json(stage / artifacts.CONFIG, self._config_json(cluster_sha, mapping_sha))
@@ -134,7 +143,12 @@ class Run:
                 "stats": self.tree.stats,
             },
             "mappings": {
-                p: {"aux_dim": n.aux_dim, "width": n.fc1.out_features, "latent_dim": n.fc3.out_features, "residual": n.residual}
+                p: {
+                    "aux_dim": n.aux_dim,
+                    "width": n.fc1.out_features,
+                    "latent_dim": n.fc3.out_features,
+                    "residual": n.residual,
+                }
                 for p, n in self.mappings.items()
             },
             "skipped": self.skipped,
@@ -158,8 +172,12 @@ class Run:
             for p, meta in config["tree"]["splits"].items():
                 c = centroids[f"split:{p}"].numpy()
                 if c.shape[0] != meta["k"]:
-                    raise UserError(f"{run_dir}: split {p!r} has {c.shape[0]} centroids, config says {meta['k']}")
-                splits[p] = Split(meta["layer"], c, meta.get("pool"), meta.get("samples", 0), meta.get("seed", 0))
+                    raise UserError(
+                        f"{run_dir}: split {p!r} has {c.shape[0]} centroids, config says {meta['k']}"
+                    )
+                splits[p] = Split(
+                    meta["layer"], c, meta.get("pool"), meta.get("samples", 0), meta.get("seed", 0)
+                )
             tree = ClusterTree(splits, config["tree"].get("stats", {}))
             mappings = {}
             for p, arch in config["mappings"].items():
@@ -169,14 +187,18 @@ class Run:
                 try:
                     net.load_state_dict(state, strict=True)
                 except RuntimeError as exc:
-                    raise UserError(f"{run_dir}: mapping of cluster {p} does not load: {str(exc).splitlines()[0]}") from None
+                    raise UserError(
+                        f"{run_dir}: mapping of cluster {p} does not load: {str(exc).splitlines()[0]}"
+                    ) from None
                 mappings[p] = net.eval()
             fit_cfg = FitConfig(**config["fit"])
             map_cfg = MappingConfig(**config["mapping"])
         except (KeyError, TypeError) as exc:
             raise UserError(f"{run_dir}/config.json is damaged (missing or bad field {exc})") from None
         names = artifacts.read_json(run_dir / artifacts.NAMES) if (run_dir / artifacts.NAMES).exists() else {}
-        metrics = artifacts.read_json(run_dir / artifacts.METRICS) if (run_dir / artifacts.METRICS).exists() else {}
+        metrics = (
+            artifacts.read_json(run_dir / artifacts.METRICS) if (run_dir / artifacts.METRICS).exists() else {}
+        )
         return cls(
             generator=GeneratorSpec.from_json(config["generator"]),
             generator_info=config["generator"].get("info", {}),

@@ -36,7 +36,13 @@ class Split:
         return int(self.centroids.shape[0])
 
     def meta(self) -> dict:
-        return {"layer": self.layer, "k": self.k, "pool": self.pool, "samples": self.samples, "seed": self.seed}
+        return {
+            "layer": self.layer,
+            "k": self.k,
+            "pool": self.pool,
+            "samples": self.samples,
+            "seed": self.seed,
+        }
 
 
 def parent_of(path: str) -> str:

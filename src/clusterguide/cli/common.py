@@ -15,12 +15,26 @@ from clusterguide.progress import set_progress
 def generator_options(f):
     """--generator/--checkpoint and the family options, passed on as keyword arguments."""
     options = [
-        click.option("--generator", "generator", default="digiface-dcgan", show_default=True,
-                     help="Registered generator name, or package.module:factory."),
+        click.option(
+            "--generator",
+            "generator",
+            default="digiface-dcgan",
+            show_default=True,
+            help="Registered generator name, or package.module:factory.",
+        ),
         click.option("--checkpoint", default=None, help="Checkpoint file or published checkpoint name."),
-        click.option("--latent-space", type=click.Choice(["z", "w"]), default=None,
-                     help="Space the mappings model (StyleGAN2 only; default z, as the paper)."),
-        click.option("--truncation", type=float, default=None, help="Truncation of the prior (BigGAN truncation, StyleGAN psi)."),
+        click.option(
+            "--latent-space",
+            type=click.Choice(["z", "w"]),
+            default=None,
+            help="Space the mappings model (StyleGAN2 only; default z, as the paper).",
+        ),
+        click.option(
+            "--truncation",
+            type=float,
+            default=None,
+            help="Truncation of the prior (BigGAN truncation, StyleGAN psi).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -28,7 +42,9 @@ def generator_options(f):
 
 
 def family_options(latent_space: str | None, truncation: float | None) -> dict:
-    return {k: v for k, v in {"latent_space": latent_space, "truncation": truncation}.items() if v is not None}
+    return {
+        k: v for k, v in {"latent_space": latent_space, "truncation": truncation}.items() if v is not None
+    }
 
 
 def quiet_option(f):

@@ -18,7 +18,9 @@ from clusterguide.generators.registry import GeneratorSpec, load_generator
 @click.option("--device", default="cpu", show_default=True)
 def layers(generator, checkpoint, latent_space, truncation, device):
     """List a generator's layers with their output shapes."""
-    G = load_generator(GeneratorSpec(generator, checkpoint, family_options(latent_space, truncation)), device=device)
+    G = load_generator(
+        GeneratorSpec(generator, checkpoint, family_options(latent_space, truncation)), device=device
+    )
     rows = [[info.name, "x".join(map(str, info.shape)), int(np.prod(info.shape))] for info in G.layers()]
     click.echo(f"{G.name}: latent dim {G.latent_dim}, images {G.image_size}x{G.image_size}")
     click.echo(table(["layer", "shape", "features"], rows))
@@ -30,17 +32,44 @@ def layers(generator, checkpoint, latent_space, truncation, device):
 @click.option("--clusters", "k", type=int, required=True, help="Number of clusters K.")
 @click.option("--samples", type=int, default=20000, show_default=True, help="Prior latents N.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--mapping", "recipe", type=click.Choice(["fast", "residual", "paper"]), default="fast", show_default=True,
-              help="Mapping recipe: the default, the previous full-space default, or Algorithm 1 as published.")
+@click.option(
+    "--mapping",
+    "recipe",
+    type=click.Choice(["fast", "residual", "paper"]),
+    default="fast",
+    show_default=True,
+    help="Mapping recipe: the default, the previous full-space default, or Algorithm 1 as published.",
+)
 @click.option("--epochs", type=int, default=None, help="Mapping epochs (default: the recipe's).")
-@click.option("--class", "class_label", type=int, default=None, help="Class to cluster within (class-conditional generators: BigGAN, StyleGAN2 cifar10).")
+@click.option(
+    "--class",
+    "class_label",
+    type=int,
+    default=None,
+    help="Class to cluster within (class-conditional generators: BigGAN, StyleGAN2 cifar10).",
+)
 @click.option("--pool", type=int, default=None, help="Average-pool feature maps to PxP before k-means.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--out", required=True, type=click.Path(), help="Run folder to create.")
 @click.option("--force", is_flag=True, help="Replace an existing run folder.")
 @quiet_option
-def fit(generator, checkpoint, latent_space, truncation, layer, k, samples, seed, recipe, epochs, class_label, pool,
-        device, out, force):
+def fit(
+    generator,
+    checkpoint,
+    latent_space,
+    truncation,
+    layer,
+    k,
+    samples,
+    seed,
+    recipe,
+    epochs,
+    class_label,
+    pool,
+    device,
+    out,
+    force,
+):
     """Cluster a generator's representations and learn a mapping per cluster."""
     from clusterguide.fit import fit_run
     from clusterguide.mapping import MappingConfig
@@ -52,7 +81,9 @@ def fit(generator, checkpoint, latent_space, truncation, layer, k, samples, seed
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs must be at least 1 (got {epochs})")
     spec = GeneratorSpec(generator, checkpoint, family_options(latent_space, truncation))
-    fit_cfg = FitConfig(layer=layer, clusters=k, samples=samples, seed=seed, class_label=class_label, pool=pool)
+    fit_cfg = FitConfig(
+        layer=layer, clusters=k, samples=samples, seed=seed, class_label=class_label, pool=pool
+    )
     map_cfg = MappingConfig.preset(recipe, epochs=epochs, seed=seed)
     run, _ = fit_run(spec, fit_cfg, map_cfg, device=device, log=lambda m: click.echo(m, err=True))
     run.save(out_dir, overwrite=force)
@@ -79,7 +110,9 @@ def _sampler(run_dir: str, device: str, class_label: int | None):
 @click.option("-n", "n", type=int, default=16, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--method", type=click.Choice(["imle", "exact"]), default="imle", show_default=True)
-@click.option("--class", "class_label", type=int, default=None, help="Sample another class (cross-class transfer).")
+@click.option(
+    "--class", "class_label", type=int, default=None, help="Sample another class (cross-class transfer)."
+)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, help="FILE: writes FILE.png (grid) and FILE.npz (images, latents).")
@@ -101,7 +134,11 @@ def sample(run_dir, cluster, n, seed, method, class_label, batch_size, device, o
     with atomic_path(npz) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, images=result.images, latents=result.latents)
     save_grid(result.images, png)
-    extra = f", acceptance {result.acceptance_rate:.3f} ({result.tried} prior samples)" if result.acceptance_rate else ""
+    extra = (
+        f", acceptance {result.acceptance_rate:.3f} ({result.tried} prior samples)"
+        if result.acceptance_rate
+        else ""
+    )
     click.echo(f"cluster {sampler.run.label(result.cluster)}: {n} images ({method}{extra}) -> {png}, {npz}")
 
 
@@ -136,28 +173,49 @@ def info(run_dir):
     run = Run.load(run_dir)
     g = run.generator
     click.echo(f"run {run_dir}")
-    click.echo(f"  generator {g.name} (weights {str(run.generator_info.get('weights_id', '?'))[:12]})"
-               + (f", checkpoint {g.checkpoint}" if g.checkpoint else "")
-               + (f", options {g.options}" if g.options else ""))
-    click.echo(f"  fit: layer {run.fit.layer}, k {run.fit.clusters}, samples {run.fit.samples}, seed {run.fit.seed}"
-               + (f", class {run.fit.class_label}" if run.fit.class_label is not None else ""))
-    click.echo(f"  mapping: recipe {run.mapping.recipe}, epochs {run.mapping.epochs}, width {run.mapping.width}")
+    click.echo(
+        f"  generator {g.name} (weights {str(run.generator_info.get('weights_id', '?'))[:12]})"
+        + (f", checkpoint {g.checkpoint}" if g.checkpoint else "")
+        + (f", options {g.options}" if g.options else "")
+    )
+    click.echo(
+        f"  fit: layer {run.fit.layer}, k {run.fit.clusters}, samples {run.fit.samples}, seed {run.fit.seed}"
+        + (f", class {run.fit.class_label}" if run.fit.class_label is not None else "")
+    )
+    click.echo(
+        f"  mapping: recipe {run.mapping.recipe}, epochs {run.mapping.epochs}, width {run.mapping.width}"
+    )
     for event in run.history:
         if event.get("event") == "refine":
-            click.echo(f"  refined {event['cluster']} at {event['layer']}: k {event['k']}, samples {event['samples']}, "
-                       f"seed {event['seed']}, acceptance {event['acceptance']:.3f}"
-                       + (f", mapping {event['mapping']['recipe']} {event['mapping']['epochs']} epochs"
-                          if "mapping" in event else ""))
+            click.echo(
+                f"  refined {event['cluster']} at {event['layer']}: k {event['k']}, samples {event['samples']}, "
+                f"seed {event['seed']}, acceptance {event['acceptance']:.3f}"
+                + (
+                    f", mapping {event['mapping']['recipe']} {event['mapping']['epochs']} epochs"
+                    if "mapping" in event
+                    else ""
+                )
+            )
     rows = []
     for path in run.clusters():
         m = run.cluster_metrics(path)
         depth = path.count("/")
-        rows.append([
-            "  " * depth + path, run.names.get(path, ""), run.tree.layer_of(path), run.tree.stats[path]["size"],
-            run.tree.stats[path]["share"], m.get("fidelity"), m.get("norm_ratio"), m.get("recall"),
-            _node_kind(run, path),
-        ])
-    click.echo(table(["cluster", "name", "layer", "size", "p_c", "fidelity", "norm_ratio", "recall", "node"], rows))
+        rows.append(
+            [
+                "  " * depth + path,
+                run.names.get(path, ""),
+                run.tree.layer_of(path),
+                run.tree.stats[path]["size"],
+                run.tree.stats[path]["share"],
+                m.get("fidelity"),
+                m.get("norm_ratio"),
+                m.get("recall"),
+                _node_kind(run, path),
+            ]
+        )
+    click.echo(
+        table(["cluster", "name", "layer", "size", "p_c", "fidelity", "norm_ratio", "recall", "node"], rows)
+    )
     if run.skipped:
         for path, why in run.skipped.items():
             click.echo(f"  note: cluster {path} has no mapping: {why}")

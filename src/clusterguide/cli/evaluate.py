@@ -100,8 +100,20 @@ def _steps(text: str) -> tuple[float, ...]:
 
 
 def _compute(
-    run_dir, *, probe, n, seed, methods, targets, select_n, components, ganspace_layer, ganspace_samples, steps,
-    batch_size, device,
+    run_dir,
+    *,
+    probe,
+    n,
+    seed,
+    methods,
+    targets,
+    select_n,
+    components,
+    ganspace_layer,
+    ganspace_samples,
+    steps,
+    batch_size,
+    device,
 ):
     """Run the evaluation the :func:`evaluation_options` ask for; returns (sampler, result)."""
     from clusterguide.evaluation.tables import EvalConfig, evaluate
@@ -147,7 +159,9 @@ def evaluate(run_dir, json_path, **options):
 
     path = output_file(json_path, (".json",)) if json_path else default_json(run_dir, options["probe"])
     _, result = _compute(run_dir, **options)
-    click.echo(f"Table 1: attributes per cluster ({options['n']} images per row; mean ± std over detected images)")
+    click.echo(
+        f"Table 1: attributes per cluster ({options['n']} images per row; mean ± std over detected images)"
+    )
     click.echo(format_table1(result))
     if result["table2"]:
         click.echo("")

@@ -10,8 +10,13 @@ from clusterguide.errors import UserError
 from clusterguide.generators.registry import GeneratorSpec
 
 # options that pick a generator; with --run the run's own generator is used instead
-GENERATOR_FLAGS = {"generator": "--generator", "checkpoint": "--checkpoint", "latent_space": "--latent-space",
-                   "truncation": "--truncation", "class_label": "--class"}
+GENERATOR_FLAGS = {
+    "generator": "--generator",
+    "checkpoint": "--checkpoint",
+    "latent_space": "--latent-space",
+    "truncation": "--truncation",
+    "class_label": "--class",
+}
 
 
 @click.command()
@@ -19,14 +24,29 @@ GENERATOR_FLAGS = {"generator": "--generator", "checkpoint": "--checkpoint", "la
 @click.option("--cluster", required=True, help="Cluster to refine: a path (1 or 1/0) or a name.")
 @click.option("--layer", required=True, help="Layer to cluster its latents at (see `clusterguide layers`).")
 @click.option("--clusters", "k", type=int, required=True, help="Number of children K.")
-@click.option("--samples", type=int, default=5000, show_default=True,
-              help="Latents of the cluster to collect and split.")
+@click.option(
+    "--samples",
+    type=int,
+    default=5000,
+    show_default=True,
+    help="Latents of the cluster to collect and split.",
+)
 @click.option("--seed", type=int, default=None, help="Seed of the latents and k-means [default: the run's].")
-@click.option("--mapping", "recipe", type=click.Choice(["fast", "residual", "paper"]), default=None,
-              help="Mapping recipe for the children (default: the run's).")
+@click.option(
+    "--mapping",
+    "recipe",
+    type=click.Choice(["fast", "residual", "paper"]),
+    default=None,
+    help="Mapping recipe for the children (default: the run's).",
+)
 @click.option("--epochs", type=int, default=None, help="Mapping epochs (default: the run's).")
-@click.option("--max-draws", type=int, default=2_000_000, show_default=True,
-              help="Give up when this many prior samples hold too few latents of the cluster.")
+@click.option(
+    "--max-draws",
+    type=int,
+    default=2_000_000,
+    show_default=True,
+    help="Give up when this many prior samples hold too few latents of the cluster.",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--force", is_flag=True, help="Replace an existing split of the cluster and all under it.")
 @quiet_option
@@ -36,8 +56,18 @@ def refine(run_dir, cluster, layer, k, samples, seed, recipe, epochs, max_draws,
     from clusterguide.refine import refine_run
 
     out = refine_run(
-        run_dir, cluster, layer, k, samples=samples, seed=seed, device=device, recipe=recipe, epochs=epochs,
-        force=force, max_draws=max_draws, log=lambda m: click.echo(m, err=True),
+        run_dir,
+        cluster,
+        layer,
+        k,
+        samples=samples,
+        seed=seed,
+        device=device,
+        recipe=recipe,
+        epochs=epochs,
+        force=force,
+        max_draws=max_draws,
+        log=lambda m: click.echo(m, err=True),
     )
     run = out.run
     rows = {"clusters": [r for r in run.metrics.get("clusters", []) if r["id"] in out.children]}
@@ -79,22 +109,54 @@ def name(run_dir, cluster, new_name, clear):
 @click.option("--layer", required=True, help="Layer to cluster at (see `clusterguide layers`).")
 @click.option("--k-range", "k_range", default="2..12", show_default=True, help="Values of k: 2..12 or 2,4,8.")
 @click.option("--samples", type=int, default=5000, show_default=True, help="Latents to cluster.")
-@click.option("--silhouette-samples", type=int, default=2000, show_default=True,
-              help="Subsample for the silhouette (pairwise distances).")
-@click.option("--eigengap-samples", type=int, default=1000, show_default=True,
-              help="Subsample for the affinity graph's spectrum.")
+@click.option(
+    "--silhouette-samples",
+    type=int,
+    default=2000,
+    show_default=True,
+    help="Subsample for the silhouette (pairwise distances).",
+)
+@click.option(
+    "--eigengap-samples",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Subsample for the affinity graph's spectrum.",
+)
 @click.option("--pool", type=int, default=None, help="Average-pool feature maps to PxP (as in fit).")
 @click.option("--class", "class_label", type=int, default=None, help="Class to cluster within (BigGAN).")
-@click.option("--run", "run_dir", type=click.Path(), default=None,
-              help="Choose k for refining a cluster of this run (with --cluster), with its generator.")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(),
+    default=None,
+    help="Choose k for refining a cluster of this run (with --cluster), with its generator.",
+)
 @click.option("--cluster", default=None, help="With --run: the cluster (path or name) to be refined.")
 @click.option("--seed", type=int, default=None, help="Seed of latents, k-means [default: 0, or the run's].")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--out", required=True, help="PNG file for the plot.")
 @quiet_option
 @click.pass_context
-def choose_k(ctx, generator, checkpoint, latent_space, truncation, layer, k_range, samples,
-             silhouette_samples, eigengap_samples, pool, class_label, run_dir, cluster, seed, device, out):
+def choose_k(
+    ctx,
+    generator,
+    checkpoint,
+    latent_space,
+    truncation,
+    layer,
+    k_range,
+    samples,
+    silhouette_samples,
+    eigengap_samples,
+    pool,
+    class_label,
+    run_dir,
+    cluster,
+    seed,
+    device,
+    out,
+):
     """Plot the elbow, silhouette and eigengap over a range of k, and recommend one."""
     from clusterguide import choose_k as ck
     from clusterguide.display import table
@@ -103,15 +165,21 @@ def choose_k(ctx, generator, checkpoint, latent_space, truncation, layer, k_rang
 
     path = output_file(out, (".png",))
     ks = ck.parse_k_range(k_range)
-    for flag, value in (("--samples", samples), ("--silhouette-samples", silhouette_samples),
-                        ("--eigengap-samples", eigengap_samples)):
+    for flag, value in (
+        ("--samples", samples),
+        ("--silhouette-samples", silhouette_samples),
+        ("--eigengap-samples", eigengap_samples),
+    ):
         if value <= ks[-1]:
             raise UserError(f"{flag} {value} must be larger than the largest k ({ks[-1]})")
     if (run_dir is None) != (cluster is None):
         raise UserError("--run and --cluster go together")
     if run_dir is not None:
-        given = [flag for param, flag in GENERATOR_FLAGS.items()
-                 if ctx.get_parameter_source(param) != ParameterSource.DEFAULT]
+        given = [
+            flag
+            for param, flag in GENERATOR_FLAGS.items()
+            if ctx.get_parameter_source(param) != ParameterSource.DEFAULT
+        ]
         if given:
             raise UserError(f"with --run the run's generator is used; drop {', '.join(given)}")
         latents, G, where, pool, seed = _cluster_latents(run_dir, cluster, layer, samples, seed, device, pool)
@@ -126,8 +194,14 @@ def choose_k(ctx, generator, checkpoint, latent_space, truncation, layer, k_rang
         latents, where = sample_prior(G, samples, seed), G.name
     G.check_layer(layer)
     feats = extract_features(G, layer, latents, pool=pool)
-    scan = ck.scan_k(feats, ks, seed=seed, silhouette_samples=silhouette_samples,
-                     eigengap_samples=eigengap_samples, gpu=G.device.type == "cuda")
+    scan = ck.scan_k(
+        feats,
+        ks,
+        seed=seed,
+        silhouette_samples=silhouette_samples,
+        eigengap_samples=eigengap_samples,
+        gpu=G.device.type == "cuda",
+    )
     title = f"choosing k: {where} @ {layer}, {scan.samples} samples"
     save_image(ck.plot_scan(scan, title), path)
     rows = []

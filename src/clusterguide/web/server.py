@@ -132,8 +132,12 @@ class Draw:
     def npz(self) -> bytes:
         buf = io.BytesIO()
         np.savez_compressed(
-            buf, images=self.images, latents=self.latents, cluster=np.array(self.path),
-            method=np.array(self.method), seed=np.array(self.seed, dtype=np.int64),
+            buf,
+            images=self.images,
+            latents=self.latents,
+            cluster=np.array(self.path),
+            method=np.array(self.method),
+            seed=np.array(self.seed, dtype=np.int64),
         )
         return buf.getvalue()
 
@@ -202,21 +206,23 @@ class Gallery:
         for path in run.clusters():
             stats = run.tree.stats.get(path, {})
             m = run.cluster_metrics(path)
-            clusters.append({
-                "path": path,
-                "name": run.names.get(path, ""),
-                "leaf": path not in run.tree.splits,
-                "depth": path.count("/") + 1,
-                "layer": run.tree.layer_of(path),
-                "size": stats.get("size"),
-                "share": _finite(stats.get("share")),
-                "fidelity": _finite(m.get("fidelity")),
-                "norm_ratio": _finite(m.get("norm_ratio")),
-                "precision": _finite(m.get("precision")),
-                "recall": _finite(m.get("recall")),
-                "mapping": path in run.mappings,
-                "skipped": run.skipped.get(path),
-            })
+            clusters.append(
+                {
+                    "path": path,
+                    "name": run.names.get(path, ""),
+                    "leaf": path not in run.tree.splits,
+                    "depth": path.count("/") + 1,
+                    "layer": run.tree.layer_of(path),
+                    "size": stats.get("size"),
+                    "share": _finite(stats.get("share")),
+                    "fidelity": _finite(m.get("fidelity")),
+                    "norm_ratio": _finite(m.get("norm_ratio")),
+                    "precision": _finite(m.get("precision")),
+                    "recall": _finite(m.get("recall")),
+                    "mapping": path in run.mappings,
+                    "skipped": run.skipped.get(path),
+                }
+            )
         return {
             "run": self.run_dir.resolve().name,
             "generator": run.generator.name,
@@ -227,7 +233,10 @@ class Gallery:
             "recipe": run.mapping.recipe,
             "methods": list(METHODS),
             "limits": {
-                "n_max": MAX_N, "n_default": DEFAULT_N, "seed_max": MAX_SEED, "name_max": MAX_NAME_CHARS,
+                "n_max": MAX_N,
+                "n_default": DEFAULT_N,
+                "seed_max": MAX_SEED,
+                "name_max": MAX_NAME_CHARS,
             },
             "clusters": clusters,
         }
@@ -285,8 +294,17 @@ class Gallery:
                 out = sampler(path, req.n, seed=req.seed, method=req.method)
             except UserError as exc:  # no mapping, or exact sampling found too few
                 raise HTTPError(422, str(exc).replace("--method ", "method ")) from None
-            draw = Draw(path, req.method, req.seed, req.n, out.images, out.latents,
-                        out.acceptance_rate, out.tried, time.perf_counter() - start)
+            draw = Draw(
+                path,
+                req.method,
+                req.seed,
+                req.n,
+                out.images,
+                out.latents,
+                out.acceptance_rate,
+                out.tried,
+                time.perf_counter() - start,
+            )
         with self._lock:
             self._cache[key] = draw
             self._cache_bytes += draw.images.nbytes + draw.latents.nbytes
@@ -356,8 +374,9 @@ def parse_name_request(fields: dict) -> tuple[str, str]:
 
 def parse_query(query: str) -> dict[str, str]:
     try:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query),
-                                       max_num_fields=16, errors="strict")
+        pairs = urllib.parse.parse_qsl(
+            query, keep_blank_values=True, strict_parsing=bool(query), max_num_fields=16, errors="strict"
+        )
     except (ValueError, UnicodeDecodeError):
         raise HTTPError(400, "malformed query string") from None
     fields: dict[str, str] = {}
@@ -403,8 +422,13 @@ class Handler(BaseHTTPRequestHandler):
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method
 
-    _GET: ClassVar[dict[str, str]] = {"/": "_index", "/index.html": "_index", "/api/run": "_api_run",
-                                      "/api/grid.png": "_api_grid", "/api/samples.npz": "_api_npz"}
+    _GET: ClassVar[dict[str, str]] = {
+        "/": "_index",
+        "/index.html": "_index",
+        "/api/run": "_api_run",
+        "/api/grid.png": "_api_grid",
+        "/api/samples.npz": "_api_npz",
+    }
     _POST: ClassVar[dict[str, str]] = {"/api/sample": "_api_sample", "/api/name": "_api_name"}
 
     def _dispatch(self, method: str) -> None:
@@ -416,7 +440,7 @@ class Handler(BaseHTTPRequestHandler):
             if method in ("GET", "HEAD") and path in self._GET:
                 getattr(self, self._GET[path])(query)
             elif method in ("GET", "HEAD") and path.startswith("/static/"):
-                self._static(path[len("/static/"):], query)
+                self._static(path[len("/static/") :], query)
             elif method == "POST" and path in self._POST:
                 if query:
                     raise HTTPError(400, "a POST takes its fields in a JSON body, not the query")
@@ -518,21 +542,24 @@ class Handler(BaseHTTPRequestHandler):
     def _api_sample(self, body: dict) -> None:
         draw, cached = self.server.gallery.draw(parse_sample_request(body))
         png, (width, height) = draw.png()
-        self._send_json(200, {
-            "cluster": draw.path,
-            "method": draw.method,
-            "seed": draw.seed,
-            "n": draw.n,
-            "acceptance_rate": draw.acceptance_rate,
-            "tried": draw.tried,
-            "seconds": round(draw.seconds, 3),
-            "cached": cached,
-            "width": width,
-            "height": height,
-            "image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
-            "grid_url": f"/api/grid.png?{draw.query}",
-            "npz_url": f"/api/samples.npz?{draw.query}",
-        })
+        self._send_json(
+            200,
+            {
+                "cluster": draw.path,
+                "method": draw.method,
+                "seed": draw.seed,
+                "n": draw.n,
+                "acceptance_rate": draw.acceptance_rate,
+                "tried": draw.tried,
+                "seconds": round(draw.seconds, 3),
+                "cached": cached,
+                "width": width,
+                "height": height,
+                "image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+                "grid_url": f"/api/grid.png?{draw.query}",
+                "npz_url": f"/api/samples.npz?{draw.query}",
+            },
+        )
 
     def _api_grid(self, query: str) -> None:
         draw, _ = self.server.gallery.draw(parse_sample_request(parse_query(query), from_query=True))
@@ -565,8 +592,14 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(data).encode(), "application/json", headers)
 
     def _refuse(self, status: int, message: str, headers: dict | None = None) -> None:
-        LOG.warning("%s %s from %s -> %d: %s", self.command, ascii(self.path[:200]), self.client_address[0],
-                    status, message)
+        LOG.warning(
+            "%s %s from %s -> %d: %s",
+            self.command,
+            ascii(self.path[:200]),
+            self.client_address[0],
+            status,
+            message,
+        )
         if 0 < self._unread <= MAX_DRAIN:
             # read a refused body before answering: closing a socket with unread input sends a
             # reset, and the client would never see the answer
@@ -617,8 +650,9 @@ class GalleryServer(ThreadingHTTPServer):
         return f"http://[{host}]:{self.port}/" if ":" in host else f"http://{host}:{self.port}/"
 
 
-def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 0, device: str = "cpu",
-                preload: bool = True) -> GalleryServer:
+def make_server(
+    run_dir: str | Path, host: str = "127.0.0.1", port: int = 0, device: str = "cpu", preload: bool = True
+) -> GalleryServer:
     """A gallery server for ``run_dir`` (not yet serving: call ``serve_forever``).
 
     ``preload`` loads the generator now, so a bad run or missing weights fail before the address is
