@@ -60,7 +60,7 @@ def test_kmeans_recovers_separated_blobs():
     truth = np.repeat(np.arange(4), 200)
     km = fit_kmeans(x, 4, seed=0)
     # each true blob maps to exactly one cluster
-    pairs = {(int(t), int(l)) for t, l in zip(truth, km.labels)}
+    pairs = {(int(t), int(c)) for t, c in zip(truth, km.labels)}
     assert len(pairs) == 4
     assert (assign(x, km.centroids) == km.labels).all()
     assert km.sizes.tolist() == [200] * 4

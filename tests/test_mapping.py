@@ -10,13 +10,12 @@ import torch
 
 from clusterguide.clustering import fit_kmeans
 from clusterguide.errors import UserError
-from clusterguide.features import extract_features
+from clusterguide.features import extract_features, representation
 from clusterguide.fit import make_guide, sample_prior
-from clusterguide.features import representation
 from clusterguide.mapping import (
+    RECIPES,
     BatchedMapping,
     MappingConfig,
-    RECIPES,
     MappingNetwork,
     active_basis,
     conditional_matches,

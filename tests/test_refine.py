@@ -119,7 +119,9 @@ def test_info_shows_the_tree(tree_dir, capsys):
     rows = [line for line in out.splitlines() if line.strip() and line.lstrip()[0].isdigit()]
     lines = {line.split()[0]: line for line in rows}
     assert "bright" in lines["1"] and "split @ block2 into 2" in lines["1"]
-    assert [line for line in out.splitlines() if line.lstrip().startswith("1/0/0")][0].startswith("    1/0/0")
+    assert next(line for line in out.splitlines() if line.lstrip().startswith("1/0/0")).startswith(
+        "    1/0/0"
+    )
     assert lines["1/0/0"].rstrip().endswith("leaf")
 
 

@@ -94,7 +94,7 @@ def load_tensors(path: str | Path, expected_sha256: str | None = None) -> dict[s
         raise UserError(f"{path} is damaged (checksum does not match config.json)")
     try:
         return load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+    except Exception as exc:
         raise UserError(f"{path} is damaged: {exc}") from None
 
 

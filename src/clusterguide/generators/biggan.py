@@ -52,8 +52,8 @@ _BLOCKS_128 = [
     (False, 2, 2),
     (True, 2, 1),
 ]
-_BLOCKS_256 = _BLOCKS_128[:5] + [(True, 8, 8), (False, 8, 8)] + [(True, 8, 4)] + _BLOCKS_128[6:]
-_BLOCKS_512 = _BLOCKS_256 + [(False, 1, 1), (True, 1, 1)]
+_BLOCKS_256 = [*_BLOCKS_128[:5], (True, 8, 8), (False, 8, 8), (True, 8, 4), *_BLOCKS_128[6:]]
+_BLOCKS_512 = [*_BLOCKS_256, (False, 1, 1), (True, 1, 1)]
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class BigGANConfig:
     n_stats: int = 51
 
     @classmethod
-    def from_json(cls, data: dict, source: str = "config.json") -> "BigGANConfig":
+    def from_json(cls, data: dict, source: str = "config.json") -> BigGANConfig:
         known = {f for f in cls.__dataclass_fields__}
         try:
             kwargs = {k: v for k, v in data.items() if k in known}
@@ -97,7 +97,7 @@ class BigGANConfig:
         return config
 
     @classmethod
-    def published(cls, resolution: int) -> "BigGANConfig":
+    def published(cls, resolution: int) -> BigGANConfig:
         blocks = {128: _BLOCKS_128, 256: _BLOCKS_256, 512: _BLOCKS_512}[resolution]
         return cls(output_dim=resolution, layers=tuple(blocks))
 
@@ -345,7 +345,7 @@ class BigGANAdapter(GeneratorAdapter):
         self._layer_index = {name: i for i, name in enumerate(names)}  # gen_z = 0, layer i = i + 1
 
     # ---- conditioning -------------------------------------------------------------------------
-    def conditioned(self, class_label: int | None) -> "BigGANAdapter":
+    def conditioned(self, class_label: int | None) -> BigGANAdapter:
         if class_label is None:
             return self
         label = int(class_label)

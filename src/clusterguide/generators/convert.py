@@ -45,7 +45,7 @@ class PersistentRecord:
     def attr(self, name: str, default: Any = None) -> Any:
         return self.state.get(name, default)
 
-    def child(self, name: str) -> "PersistentRecord | None":
+    def child(self, name: str) -> PersistentRecord | None:
         return (self.state.get("_modules") or {}).get(name)
 
 

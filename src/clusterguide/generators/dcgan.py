@@ -90,7 +90,7 @@ class DCGANAdapter(GeneratorAdapter):
             raise UserError(f"checkpoint {path} not found")
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: say so in one line
+        except Exception as exc:
             raise UserError(f"cannot read DCGAN checkpoint {path}: {exc}") from None
         state = blob.get(WEIGHTS_KEY, blob) if isinstance(blob, dict) else None
         if not isinstance(state, dict):

@@ -51,7 +51,7 @@ class PGANConfig:
         return 4 * 2 ** (len(self.depths) - 1)
 
     @classmethod
-    def standard(cls, resolution: int, **overrides) -> "PGANConfig":
+    def standard(cls, resolution: int, **overrides) -> PGANConfig:
         scales = int(math.log2(resolution // 4)) + 1
         if 4 * 2 ** (scales - 1) != resolution or not 1 <= scales <= len(STANDARD_DEPTHS):
             raise ValueError(f"no standard PGAN at resolution {resolution}")

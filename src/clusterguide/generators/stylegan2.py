@@ -94,7 +94,7 @@ class StyleGAN2Config:
         return data
 
     @classmethod
-    def from_json(cls, data: dict, source: str = CONFIG_NAME) -> "StyleGAN2Config":
+    def from_json(cls, data: dict, source: str = CONFIG_NAME) -> StyleGAN2Config:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -528,7 +528,7 @@ class StyleGAN3Config:
         return data
 
     @classmethod
-    def from_json(cls, data: dict, source: str = CONFIG_NAME) -> "StyleGAN3Config":
+    def from_json(cls, data: dict, source: str = CONFIG_NAME) -> StyleGAN3Config:
         try:
             data = dict(data)
             data["layers"] = tuple(
@@ -557,7 +557,7 @@ class StyleGAN3Config:
         margin_size: int = 10,
         filter_size: int = 6,
         conv_clamp: float | None = 256,
-    ) -> "StyleGAN3Config":
+    ) -> StyleGAN3Config:
         """The layer plan NVIDIA's constructor derives from these arguments (cutoffs rise
         geometrically from 2 to img_resolution / 2; the last layers are critically sampled)."""
         import numpy as np
@@ -747,7 +747,10 @@ class StyleGAN3Generator(nn.Module):
     def layer_infos(self) -> list[LayerInfo]:
         cfg = self.config
         out = [LayerInfo("input", (cfg.input_channels, cfg.input_size, cfg.input_size))]
-        return out + [LayerInfo(l.name, (l.out_channels, l.out_size, l.out_size)) for l in cfg.layers[:-1]]
+        return out + [
+            LayerInfo(layer.name, (layer.out_channels, layer.out_size, layer.out_size))
+            for layer in cfg.layers[:-1]
+        ]
 
     def features(self, w: torch.Tensor, stop: int) -> torch.Tensor:
         x = self.synthesis.input(w)  # stop 1 = "input", stop i + 2 = after layer i
@@ -846,7 +849,7 @@ class StyleGAN2Adapter(GeneratorAdapter):
         self.num_classes = cfg.c_dim
         self.class_label = class_label
 
-    def conditioned(self, class_label: int | None) -> "StyleGAN2Adapter":
+    def conditioned(self, class_label: int | None) -> StyleGAN2Adapter:
         if class_label is None or not self.num_classes:
             return super().conditioned(class_label)  # type: ignore[return-value]
         label = int(class_label)
