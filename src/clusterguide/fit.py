@@ -1,8 +1,9 @@
 """Fitting a run: sample latents, cluster their representations, learn the mappings, measure.
 
 :func:`fit_run` is Algorithm 1 end to end for a fresh run; :func:`split_cluster` is the step it
-shares with refinement (cluster some latents at a layer, learn a mapping per child), and
-:func:`measure_clusters` computes the metrics written to ``metrics.json`` after every fit.
+shares with refinement (cluster some latents at a layer, learn a mapping per child). The guides
+the mappings are steered by live in :mod:`clusterguide.guides`, the metrics written to
+``metrics.json`` after every fit in :mod:`clusterguide.fit_metrics`.
 """
 
 from __future__ import annotations
@@ -10,69 +11,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from clusterguide import __version__
 from clusterguide.clustering import fit_kmeans
 from clusterguide.errors import UserError
-from clusterguide.features import extract_features, representation
+from clusterguide.features import extract_features
+from clusterguide.fit_metrics import measure_clusters, summarize
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import GeneratorSpec, load_generator
-from clusterguide.mapping import MappingConfig, draw_inputs, fit_mappings
-from clusterguide.metrics import distribution_scores, norm_ratio
+from clusterguide.guides import make_path_guide
+from clusterguide.mapping import MappingConfig, fit_mappings
 from clusterguide.run import FitConfig, Run
-from clusterguide.seeding import derive_seed
-from clusterguide.tree import ROOT, ClusterTree, Split, child_path, parent_of
+from clusterguide.tree import ROOT, ClusterTree, Split, child_path
 
 Log = Callable[[str], None]
 
 
 def sample_prior(G: GeneratorAdapter, n: int, seed: int, chunk: int = 8192) -> torch.Tensor:
     return torch.cat([G.sample_latents(min(chunk, n - s), seed, start=s) for s in range(0, n, chunk)])
-
-
-def make_guide(G: GeneratorAdapter, split: Split):
-    """Assignment logits at the split's layer: -|f - c_j|^2 / scale, where scale is a tenth of the
-    mean squared gap between centroids (so well-inside samples give near one-hot assignments)."""
-    c = torch.from_numpy(split.centroids).to(G.device)
-    gaps = torch.cdist(c, c).pow(2)
-    scale = float(gaps.sum() / max(c.shape[0] * (c.shape[0] - 1), 1)) * 0.1
-    c_sq = (c * c).sum(1)
-
-    def guide(z: torch.Tensor) -> torch.Tensor:
-        f = representation(G, z.to(G.device), split.layer, split.pool)
-        d = (f * f).sum(1, keepdim=True) - 2 * f @ c.T + c_sq
-        return -d / scale
-
-    return guide
-
-
-def make_path_guide(G: GeneratorAdapter, tree: ClusterTree, parent: str, split: Split):
-    """The guide for the children of ``parent``: the sibling logits of ``split`` and one more column,
-    "outside the path", that beats every sibling by how far a sample is outside ``parent``'s cluster
-    at any split above it. A leaf is the intersection of one cell per split along its path, and the
-    siblings' cells alone reach far outside the parent: without this column the consistency hinge
-    happily moves a refined cluster's samples out of its parent."""
-    base = make_guide(G, split)
-    if not parent:
-        return base
-    above = [
-        (make_guide(G, tree.splits[parent_of(node)]), int(node.rsplit("/", 1)[-1]))
-        for node in tree.ancestors(parent)
-    ]
-
-    def guide(z: torch.Tensor) -> torch.Tensor:
-        logits = base(z)
-        outside = torch.zeros(logits.shape[0], device=logits.device)
-        for ancestor, index in above:
-            a = ancestor(z)
-            others = a.scatter(1, torch.full((a.shape[0], 1), index, device=a.device), float("-inf"))
-            outside = outside + F.relu(others.max(1).values - a[:, index])
-        return torch.cat([logits, logits.max(1, keepdim=True).values + outside[:, None]], 1)
-
-    return guide
 
 
 def split_cluster(
@@ -141,67 +98,6 @@ def split_cluster(
     run.metrics.setdefault("timings", {})[parent or "root"] = {**timings, "inertia": km.inertia}
     run.metrics["summary"] = summarize(run.metrics["clusters"])
     return timings
-
-
-@torch.no_grad()
-def measure_clusters(
-    G: GeneratorAdapter,
-    run: Run,
-    paths: list[str],
-    latents: torch.Tensor,
-    labels: np.ndarray,
-    feats: np.ndarray,
-) -> list[dict]:
-    """Metrics of every cluster in ``paths`` (siblings, labelled by index in ``labels``)."""
-    n_eval = run.fit.eval_samples
-    rows = []
-    for path in paths:
-        index = int(path.rsplit("/", 1)[-1])
-        own = np.nonzero(labels == index)[0]
-        stats = run.tree.stats[path]
-        row: dict = {
-            "id": path,
-            "size": stats["size"],
-            "share": stats["share"],
-            "layer": run.tree.layer_of(path),
-        }
-        if path in run.mappings:
-            net = run.mappings[path].to(G.device).eval()
-            e = draw_inputs(net, G.sample_latents, derive_seed(run.fit.seed, "eval", path), 0, n_eval).to(
-                G.device
-            )
-            mapped = net(e)
-            row["fidelity"] = float(run.tree.membership(G, mapped, path).mean())
-            z_own = latents[own].numpy()
-            row["norm_ratio"] = norm_ratio(mapped.cpu().numpy(), z_own)
-            row["mapped_norm"] = float(mapped.norm(dim=1).mean())
-            row["latent_norm"] = float(np.linalg.norm(z_own, axis=1).mean())
-            split = run.tree.splits[path.rsplit("/", 1)[0] if "/" in path else ROOT]
-            mapped_feats = representation(G, mapped, split.layer, split.pool).cpu().numpy()
-            # exact samples: the cluster's own latents; a second, disjoint share gives the ceiling
-            half = min(n_eval, len(own) // 2)
-            heldout = feats[own[half : 2 * half]] if half > 5 else None
-            row.update(
-                distribution_scores(mapped_feats, feats[own[: max(half, min(n_eval, len(own)))]], heldout)
-            )
-        else:
-            row.update({"fidelity": None, "norm_ratio": None, "precision": None, "recall": None})
-            row["note"] = run.skipped.get(path, "")
-        rows.append(row)
-    return rows
-
-
-def summarize(rows: list[dict]) -> dict:
-    def vals(key):
-        return [r[key] for r in rows if r.get(key) is not None]
-
-    out = {}
-    for key in ("fidelity", "norm_ratio", "precision", "recall"):
-        v = vals(key)
-        if v:
-            out[f"min_{key}"] = float(min(v))
-            out[f"mean_{key}"] = float(np.mean(v))
-    return out
 
 
 def fit_run(

@@ -1,0 +1,54 @@
+"""Assignment guides: differentiable cluster logits at a split's layer, for a single split
+(:func:`make_guide`) or along a refined cluster's whole path (:func:`make_path_guide`). The
+mappings' consistency term and the fast recipe's subspace choice are steered by them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from clusterguide.features import representation
+from clusterguide.generators.base import GeneratorAdapter
+from clusterguide.tree import ClusterTree, Split, parent_of
+
+
+def make_guide(G: GeneratorAdapter, split: Split):
+    """Assignment logits at the split's layer: -|f - c_j|^2 / scale, where scale is a tenth of the
+    mean squared gap between centroids (so well-inside samples give near one-hot assignments)."""
+    c = torch.from_numpy(split.centroids).to(G.device)
+    gaps = torch.cdist(c, c).pow(2)
+    scale = float(gaps.sum() / max(c.shape[0] * (c.shape[0] - 1), 1)) * 0.1
+    c_sq = (c * c).sum(1)
+
+    def guide(z: torch.Tensor) -> torch.Tensor:
+        f = representation(G, z.to(G.device), split.layer, split.pool)
+        d = (f * f).sum(1, keepdim=True) - 2 * f @ c.T + c_sq
+        return -d / scale
+
+    return guide
+
+
+def make_path_guide(G: GeneratorAdapter, tree: ClusterTree, parent: str, split: Split):
+    """The guide for the children of ``parent``: the sibling logits of ``split`` and one more column,
+    "outside the path", that beats every sibling by how far a sample is outside ``parent``'s cluster
+    at any split above it. A leaf is the intersection of one cell per split along its path, and the
+    siblings' cells alone reach far outside the parent: without this column the consistency hinge
+    happily moves a refined cluster's samples out of its parent."""
+    base = make_guide(G, split)
+    if not parent:
+        return base
+    above = [
+        (make_guide(G, tree.splits[parent_of(node)]), int(node.rsplit("/", 1)[-1]))
+        for node in tree.ancestors(parent)
+    ]
+
+    def guide(z: torch.Tensor) -> torch.Tensor:
+        logits = base(z)
+        outside = torch.zeros(logits.shape[0], device=logits.device)
+        for ancestor, index in above:
+            a = ancestor(z)
+            others = a.scatter(1, torch.full((a.shape[0], 1), index, device=a.device), float("-inf"))
+            outside = outside + F.relu(others.max(1).values - a[:, index])
+        return torch.cat([logits, logits.max(1, keepdim=True).values + outside[:, None]], 1)
+
+    return guide

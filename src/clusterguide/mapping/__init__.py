@@ -1,0 +1,65 @@
+"""The per-cluster mapping T_c: auxiliary input e -> the cluster's latents, learned with IMLE.
+
+Three recipes share one network shape (3 bias-free fully connected layers, batch norm between):
+
+- ``paper``: Algorithm 1 of the seed paper, cluster by cluster. Every epoch draws Gamma = 10 x
+  cluster-size auxiliary samples, matches every latent of the cluster to its nearest mapped sample
+  with FAISS, and regresses the matches with MSE and Adam. Its mappings collapse toward the
+  cluster mean (about half the prior's norm).
+- ``fast`` (default): a residual mapping confined to a few directions, T_c(e) = e + U_c g_c(e).
+  A cluster is a region of the prior, and its membership hangs on few directions of z: U_c holds
+  the ones along which the cluster's second moment departs most from the prior's and those along
+  which its assignment margin changes most (see :func:`cluster_basis`). e is drawn from the generator's own prior, and
+  every coordinate of it off U_c passes through unchanged, so there the mapped distribution is the
+  prior's, exactly. g_c is learned by *conditional* IMLE: every latent z_i keeps its own
+  complement, only its few subspace coordinates are drawn as candidates, and the nearest is
+  regressed. In a few dimensions the nearest of 32 candidates is close, so IMLE covers the
+  cluster instead of averaging it (the failure of IMLE in the full 100-d space). A
+  cluster-consistency hinge on fresh samples pulls the strays in (it is zero for samples inside).
+  All sibling clusters train at once as one batched network.
+- ``residual``: the previous default, kept for comparison: a full-space residual mapping with
+  pool-based IMLE (Gamma = 4 x size, refreshed every 5 epochs), a strong consistency hinge and a
+  norm-inflation penalty. It keeps fidelity and norm but overshoots into the cluster's interior,
+  which costs recall.
+
+docs/benchmarks.md measures them side by side.
+
+Modules: ``recipes`` (the names and :class:`MappingConfig`), ``networks`` (T_c and the batched
+form), ``inputs`` (prior, guide, input streams), ``bases`` (the fast recipe's subspace),
+``matching`` (IMLE's nearest matches), ``training`` (the loops and :func:`fit_mappings`).
+"""
+
+from clusterguide.mapping.bases import (
+    active_basis,
+    cluster_basis,
+    complement_keep,
+    moment_basis,
+    subspace_of,
+)
+from clusterguide.mapping.inputs import Guide, Prior, draw_inputs, standard_normal
+from clusterguide.mapping.matching import conditional_matches, pool_matches
+from clusterguide.mapping.networks import BatchedMapping, MappingNetwork, make_network
+from clusterguide.mapping.recipes import RECIPES, MappingConfig, check_recipe
+from clusterguide.mapping.training import MappingResult, fit_mappings
+
+__all__ = [
+    "RECIPES",
+    "BatchedMapping",
+    "Guide",
+    "MappingConfig",
+    "MappingNetwork",
+    "MappingResult",
+    "Prior",
+    "active_basis",
+    "check_recipe",
+    "cluster_basis",
+    "complement_keep",
+    "conditional_matches",
+    "draw_inputs",
+    "fit_mappings",
+    "make_network",
+    "moment_basis",
+    "pool_matches",
+    "standard_normal",
+    "subspace_of",
+]

@@ -1,0 +1,153 @@
+"""The mapping network T_c (3 bias-free fully connected layers, batch norm between) and
+:class:`BatchedMapping`, k of them evaluated and trained as one."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clusterguide.errors import UserError
+from clusterguide.mapping.recipes import MappingConfig
+
+
+class MappingNetwork(nn.Module):
+    """T_c: Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear, no biases (optionally + e)."""
+
+    def __init__(self, aux_dim: int, width: int, latent_dim: int, residual: bool = False) -> None:
+        super().__init__()
+        if residual and aux_dim != latent_dim:
+            raise UserError("a residual mapping needs aux_dim == latent_dim")
+        self.residual = residual
+        self.fc1 = nn.Linear(aux_dim, width, bias=False)
+        self.bn1 = nn.BatchNorm1d(width)
+        self.fc2 = nn.Linear(width, width, bias=False)
+        self.bn2 = nn.BatchNorm1d(width)
+        self.fc3 = nn.Linear(width, latent_dim, bias=False)
+        if residual:
+            nn.init.zeros_(self.fc3.weight)
+
+    @property
+    def aux_dim(self) -> int:
+        return self.fc1.in_features
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.fc1(e)))
+        h = F.relu(self.bn2(self.fc2(h)))
+        out = self.fc3(h)
+        return out + e if self.residual else out
+
+
+class BatchedMapping(nn.Module):
+    """K mapping networks evaluated as one: inputs (K, B, aux_dim) -> (K, B, latent_dim).
+
+    With a ``basis`` (K, latent_dim, d) the last layer writes d coordinates that the basis places in
+    latent space (T_c(e) = e + U_c g_c(e)); :meth:`export` folds U_c into the plain last layer."""
+
+    def __init__(
+        self,
+        k: int,
+        aux_dim: int,
+        width: int,
+        latent_dim: int,
+        residual: bool,
+        generator: torch.Generator,
+        basis: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.residual = residual
+        if basis is not None and (basis.shape[0] != k or basis.shape[1] != latent_dim or not residual):
+            raise ValueError(f"basis must be (k={k}, latent_dim={latent_dim}, d) and the mapping residual")
+
+        def linear(n_in: int, n_out: int, zero: bool = False) -> nn.Parameter:
+            bound = 1.0 / math.sqrt(n_in)  # nn.Linear's default init
+            w = (
+                torch.zeros(k, n_in, n_out)
+                if zero
+                else (torch.rand(k, n_in, n_out, generator=generator) * 2 - 1) * bound
+            )
+            return nn.Parameter(w)
+
+        self.w1 = linear(aux_dim, width)
+        self.w2 = linear(width, width)
+        self.w3 = linear(width, latent_dim if basis is None else basis.shape[2], zero=residual)
+        self.register_buffer("basis", basis)
+        for i in (1, 2):
+            self.register_parameter(f"g{i}", nn.Parameter(torch.ones(k, 1, width)))
+            self.register_parameter(f"b{i}", nn.Parameter(torch.zeros(k, 1, width)))
+            self.register_buffer(f"mean{i}", torch.zeros(k, 1, width))
+            self.register_buffer(f"var{i}", torch.ones(k, 1, width))
+        self.momentum = 0.1
+        self.eps = 1e-5
+        self.steps = 0
+
+    def _bn(self, h: torch.Tensor, i: int, c: int | None = None) -> torch.Tensor:
+        """Batch norm i of every cluster, or of cluster ``c`` alone (eval statistics)."""
+        mean_buf, var_buf = getattr(self, f"mean{i}"), getattr(self, f"var{i}")
+        if c is not None:
+            scale = getattr(self, f"g{i}")[c] / torch.sqrt(var_buf[c] + self.eps)
+            return (h - mean_buf[c]) * scale + getattr(self, f"b{i}")[c]
+        if self.training:
+            mean = h.mean(1, keepdim=True)
+            var = h.var(1, keepdim=True, unbiased=False)
+            with torch.no_grad():
+                n = h.shape[1]
+                mean_buf.lerp_(mean, self.momentum)
+                var_buf.lerp_(var * n / max(n - 1, 1), self.momentum)
+        else:
+            mean, var = mean_buf, var_buf
+        return (h - mean) / torch.sqrt(var + self.eps) * getattr(self, f"g{i}") + getattr(self, f"b{i}")
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self._bn(torch.bmm(e, self.w1), 1))
+        h = F.relu(self._bn(torch.bmm(h, self.w2), 2))
+        out = torch.bmm(h, self.w3)
+        if self.basis is not None:
+            out = torch.bmm(out, self.basis.transpose(1, 2))
+        return out + e if self.residual else out
+
+    def last_layer_output(self, e: torch.Tensor, c: int) -> torch.Tensor:
+        """Cluster c alone, eval mode: (N, aux_dim) -> what its last layer writes (N, d or latent_dim)."""
+        h = F.relu(self._bn(e @ self.w1[c], 1, c))
+        h = F.relu(self._bn(h @ self.w2[c], 2, c))
+        return h @ self.w3[c]
+
+    @torch.no_grad()
+    def start_from(self, net: MappingNetwork) -> None:
+        """Every one of the k mappings becomes a copy of ``net`` (same shape)."""
+        for i in range(self.w1.shape[0]):
+            self.w1[i].copy_(net.fc1.weight.T)
+            self.w2[i].copy_(net.fc2.weight.T)
+            # with a basis, the parent's last layer in its coordinates (exact when the parent writes
+            # only inside the basis, as a refined cluster's parent does)
+            w3 = net.fc3.weight.T if self.basis is None else net.fc3.weight.T @ self.basis[i]
+            self.w3[i].copy_(w3)
+            for j, bn in ((1, net.bn1), (2, net.bn2)):
+                getattr(self, f"g{j}")[i, 0].copy_(bn.weight)
+                getattr(self, f"b{j}")[i, 0].copy_(bn.bias)
+                getattr(self, f"mean{j}")[i, 0].copy_(bn.running_mean)
+                getattr(self, f"var{j}")[i, 0].copy_(bn.running_var)
+
+    def export(self, index: int) -> MappingNetwork:
+        aux_dim, width = self.w1.shape[1:]
+        latent_dim = self.w3.shape[2] if self.basis is None else self.basis.shape[1]
+        net = MappingNetwork(aux_dim, width, latent_dim, self.residual)
+        with torch.no_grad():
+            net.fc1.weight.copy_(self.w1[index].T)
+            net.fc2.weight.copy_(self.w2[index].T)
+            w3 = self.w3[index] if self.basis is None else self.w3[index] @ self.basis[index].T
+            net.fc3.weight.copy_(w3.T)
+            for i, bn in ((1, net.bn1), (2, net.bn2)):
+                bn.weight.copy_(getattr(self, f"g{i}")[index, 0])
+                bn.bias.copy_(getattr(self, f"b{i}")[index, 0])
+                bn.running_mean.copy_(getattr(self, f"mean{i}")[index, 0])
+                bn.running_var.copy_(getattr(self, f"var{i}")[index, 0])
+                bn.num_batches_tracked.fill_(self.steps)
+        return net.eval()
+
+
+def make_network(config: MappingConfig, latent_dim: int) -> MappingNetwork:
+    aux = config.aux_dim or latent_dim
+    return MappingNetwork(aux, config.width, latent_dim, config.residual)

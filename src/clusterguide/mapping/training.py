@@ -1,0 +1,251 @@
+"""Training the mappings: :func:`fit_mappings` dispatches to the paper's loop (cluster by cluster)
+or the batched loop that learns all siblings at once (``fast`` and ``residual``)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from clusterguide.errors import UserError
+from clusterguide.mapping.bases import cluster_basis, subspace_of
+from clusterguide.mapping.inputs import Guide, Prior, standard_normal
+from clusterguide.mapping.matching import conditional_matches, pool_matches
+from clusterguide.mapping.networks import BatchedMapping, MappingNetwork, make_network
+from clusterguide.mapping.recipes import MappingConfig, check_recipe
+from clusterguide.nn_search import nearest
+from clusterguide.progress import bar
+from clusterguide.seeding import derive_seed
+
+
+@dataclass
+class MappingResult:
+    networks: list[MappingNetwork]  # one per cluster, in the order given, eval mode, on CPU
+    seconds: float
+    final_loss: list[float]  # per cluster, mean MSE of the last epoch
+
+
+def fit_mappings(
+    latents: list[torch.Tensor],
+    config: MappingConfig,
+    *,
+    guide: Guide | None = None,
+    device: str | torch.device = "cpu",
+    desc: str = "mappings",
+    init: MappingNetwork | None = None,
+    prior: Prior | None = None,
+) -> MappingResult:
+    """Learn one mapping per entry of ``latents`` (each (n_c, D): the latents of cluster c).
+
+    ``guide`` gives assignment logits at the clustering layer; it is used only by recipes with
+    ``consistency > 0``, and cluster c's target is index c of ``latents`` (a guide may add further
+    columns, e.g. "outside the parent", that no cluster targets). ``init``, a network of the same
+    shape (a refined cluster's parent mapping), is where every ``fast`` and ``residual`` mapping
+    starts (``fast`` also keeps the parent's subspace and adds its own directions to it); the
+    paper recipe starts from scratch, as published.
+
+    ``prior`` draws the generator's own latents (default: N(0, I)). The residual recipes take
+    their inputs e from it, so that a mapping that adds nothing reproduces the prior exactly, also
+    where it is not a standard Gaussian (BigGAN's truncated z, StyleGAN's W); the paper's mapping
+    takes a standard Gaussian, as published. See :func:`draw_inputs` for the sampling side.
+    """
+    if not latents:
+        raise UserError("no clusters to learn mappings for")
+    for i, z in enumerate(latents):
+        if z.shape[0] < 2:
+            raise UserError(f"cluster {i} has {z.shape[0]} latents; a mapping needs at least 2")
+    start = time.perf_counter()
+    if check_recipe(config.recipe) == "paper":
+        nets, losses = [], []
+        for i, z in enumerate(latents):
+            net, loss = _fit_paper(
+                z, config, device, seed=derive_seed(config.seed, "paper", i), desc=f"{desc} [{i}]"
+            )
+            nets.append(net)
+            losses.append(loss)
+    else:
+        nets, losses = _fit_batched(latents, config, guide, device, desc, init=init, prior=prior)
+    return MappingResult([n.cpu().eval() for n in nets], time.perf_counter() - start, losses)
+
+
+def _fit_paper(
+    z: torch.Tensor, config: MappingConfig, device, seed: int, desc: str, init: MappingNetwork | None = None
+) -> tuple[MappingNetwork, float]:
+    """Algorithm 1 for one cluster, as published."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = make_network(config, z.shape[1])
+    if _can_start_from(init, config, z.shape[1]):
+        net.load_state_dict(init.state_dict(), strict=True)
+    net = net.to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    z = z.to(device)
+    n = z.shape[0]
+    gamma = max(int(config.gamma * n), 1)
+    last = float("nan")
+    with bar(config.epochs, desc=desc, unit="epoch") as b:
+        for epoch in range(config.epochs):
+            if epoch % config.staleness == 0:
+                e_all = torch.randn(gamma, net.aux_dim, generator=g).to(device)
+                net.eval()
+                with torch.no_grad():
+                    mapped = torch.cat([net(e_all[s : s + 8192]) for s in range(0, gamma, 8192)])
+                idx, _ = nearest(z, mapped, config.nn_backend)
+                e_match = e_all[idx.to(device)]
+            net.train()
+            order = torch.randperm(n, generator=g).to(device)
+            total = 0.0
+            for s in range(0, n, config.batch_size):
+                rows = order[s : s + config.batch_size]
+                if rows.numel() < 2:  # batch norm needs two rows
+                    continue
+                loss = F.mse_loss(net(e_match[rows]), z[rows])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * rows.numel()
+            last = total / n
+            b.update(1)
+            b.set_postfix_str(f"mse {last:.3f}")
+    return net.eval(), last
+
+
+def _consistency(
+    model: BatchedMapping,
+    guide: Guide,
+    k: int,
+    config: MappingConfig,
+    draw: Prior,
+    g,
+    device,
+    norms: torch.Tensor,
+) -> torch.Tensor:
+    """Hinge on fresh mapped samples: zero for samples already ``margin`` inside their own
+    cluster, so it pulls stray samples in without squeezing the ones inside (a cross-entropy
+    would keep pushing every sample toward the centroid and collapse the mapping).
+
+    At later layers the cheapest way "inside" can be outward, to latents far larger than any the
+    prior draws (and off the image manifold); the one-sided ``inflation`` term stops mean norms
+    from growing past the cluster's own (``norms``) without holding back a collapse, which the
+    metrics should still see."""
+    m = config.guide_batch
+    e_free = draw(k * m, g).reshape(k, m, -1).to(device)
+    mapped = model(e_free)
+    inflation = F.relu(mapped.norm(dim=2).mean(1) / norms - 1).pow(2).sum() / k
+    logits = guide(mapped.reshape(k * m, -1))
+    target = torch.arange(k, device=logits.device).repeat_interleave(m)
+    own = logits.gather(1, target[:, None])[:, 0]
+    others = logits.scatter(1, target[:, None], float("-inf")).max(1).values
+    return F.relu(others - own + config.margin).mean() + config.inflation * inflation
+
+
+def _can_start_from(net: MappingNetwork | None, config: MappingConfig, latent_dim: int) -> bool:
+    """Whether ``net`` has the shape ``config`` asks for (a recipe override may change it)."""
+    if net is None:
+        return False
+    aux = config.aux_dim or latent_dim
+    return (
+        net.residual == config.residual
+        and tuple(net.fc1.weight.shape) == (config.width, aux)
+        and tuple(net.fc3.weight.shape) == (latent_dim, config.width)
+    )
+
+
+def _fit_batched(
+    latents: list[torch.Tensor],
+    config: MappingConfig,
+    guide: Guide | None,
+    device,
+    desc: str,
+    init: MappingNetwork | None = None,
+    prior: Prior | None = None,
+):
+    """All clusters of a split at once, ``fast`` or ``residual``; see the module docstring."""
+    k = len(latents)
+    latent_dim = latents[0].shape[1]
+    aux = config.aux_dim or latent_dim
+    structured = config.recipe == "fast"
+    g = torch.Generator().manual_seed(derive_seed(config.seed, "batched"))
+    data = [z.to(device) for z in latents]
+    if aux != latent_dim:  # a plain (not residual) mapping of another input size: Gaussian inputs
+        prior = standard_normal(aux)
+    draw = prior or standard_normal(latent_dim)
+    can_start = _can_start_from(init, config, latent_dim)
+    basis = parent = None
+    if structured:
+        if not config.residual or aux != latent_dim:
+            raise UserError("the fast recipe needs a residual mapping with aux_dim == latent_dim")
+        # a refined cluster keeps its parent's subspace and starts as a copy of the parent's mapping
+        parent = subspace_of(init, latent_dim // 2) if can_start else None
+        # the prior's second moment, which a cluster's is compared with (N(0, I): the identity)
+        if prior is None:
+            reference = None
+        else:
+            e = prior(20_000, g).double()
+            reference = e.T @ e / e.shape[0]
+        bases = [
+            cluster_basis(z, guide, c, config, draw, base=parent, reference=reference)
+            for c, z in enumerate(data)
+        ]
+        # clusters may need different numbers of directions: pad with zero columns, which write nothing
+        width = max(b.shape[1] for b in bases)
+        basis = torch.stack([F.pad(b, (0, width - b.shape[1])) for b in bases])
+    model = BatchedMapping(k, aux, config.width, latent_dim, config.residual, g, basis=basis)
+    if can_start and (not structured or parent is not None):
+        model.start_from(init)
+    model = model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    sizes = [z.shape[0] for z in data]
+    # Each cluster gets Gamma = gamma x its own size candidates (the network runs on the largest
+    # count for all, which is cheap; the nearest-neighbour search, which is not, uses only its own).
+    gammas = [max(int(config.gamma * n), 1) for n in sizes]
+    # An epoch is a pass over the mean cluster, but at least ``min_steps`` steps: a few hundred
+    # latents (a refinement, a small run) would otherwise get a handful of steps in all.
+    steps = max(1, config.min_steps, math.ceil(sum(sizes) / k / config.batch_size))
+    batch = min(config.batch_size, min(sizes))
+    use_guide = guide is not None and config.consistency > 0
+    norms = torch.stack([z.norm(dim=1).mean() for z in data])
+    matched: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = data
+    losses = [float("nan")] * k
+    with bar(config.epochs, desc=desc, unit="epoch") as b:
+        for epoch in range(config.epochs):
+            if epoch % config.staleness == 0:
+                model.eval()
+                if structured:
+                    matched = [
+                        conditional_matches(model, c, data[c], config.candidates, g, draw=prior)
+                        for c in range(k)
+                    ]
+                else:
+                    matched, targets = pool_matches(model, data, gammas, config, draw, g, device)
+            model.train()
+            totals = torch.zeros(k)
+            for _ in range(steps):
+                rows = [torch.randint(len(matched[c]), (batch,), generator=g).to(device) for c in range(k)]
+                e_b = torch.stack([matched[c][rows[c]] for c in range(k)])
+                z_b = torch.stack([targets[c][rows[c]] for c in range(k)])
+                squared = (model(e_b) - z_b) ** 2
+                # fast: squared distance, which only the d subspace coordinates feed (complements
+                # agree by construction), so its weight against the hinge does not depend on the
+                # latent dimension; residual: per-coordinate MSE, as before
+                per_cluster = squared.sum(2).mean(1) if structured else squared.mean(dim=(1, 2))
+                loss = config.imle_weight * per_cluster.sum()
+                if use_guide:
+                    loss = loss + config.consistency * k * _consistency(
+                        model, guide, k, config, draw, g, device, norms
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                model.steps += 1
+                totals += per_cluster.detach().cpu()
+            losses = (totals / steps).tolist()
+            b.update(1)
+            b.set_postfix_str(f"loss {sum(losses) / k:.3f}")
+    model.eval()
+    return [model.export(c) for c in range(k)], losses
