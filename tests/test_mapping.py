@@ -11,7 +11,7 @@ import torch
 from clusterguide.clustering import fit_kmeans
 from clusterguide.errors import UserError
 from clusterguide.features import extract_features, representation
-from clusterguide.fit import sample_prior
+from clusterguide.fitting import sample_prior
 from clusterguide.guides import make_guide
 from clusterguide.mapping import (
     RECIPES,
