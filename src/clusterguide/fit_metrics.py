@@ -13,7 +13,50 @@ from clusterguide.mapping import draw_inputs
 from clusterguide.metrics import distribution_scores, norm_ratio
 from clusterguide.run import Run
 from clusterguide.seeding import derive_seed
-from clusterguide.tree import ROOT
+from clusterguide.tree import ROOT, ClusterTree
+
+# Prior latents the exact reference sets may cost, as a multiple of the latents the split saw
+# (inside the parent): enough for 2 x eval_samples of every cluster holding a few percent.
+EXACT_DRAW_FACTOR = 2
+
+
+@torch.no_grad()
+def exact_sets(
+    G: GeneratorAdapter,
+    tree: ClusterTree,
+    parent: str,
+    want: dict[int, int],
+    seed: int,
+    budget: int,
+    chunk: int = 2048,
+) -> dict[int, torch.Tensor]:
+    """Fresh exact (rejection-sampled) latents of children of ``parent``: for every child index in
+    ``want``, up to ``want[index]`` of the first latents of the prior stream ``seed`` that fall in
+    ``parent`` and in that child, drawing at most ``budget`` latents inside ``parent``."""
+    found: dict[int, list[torch.Tensor]] = {i: [] for i in want}
+    count = dict.fromkeys(want, 0)
+    inside_parent = offset = 0
+    while inside_parent < budget and any(count[i] < want[i] for i in want):
+        z = G.sample_latents(chunk, seed, start=offset)
+        offset += chunk
+        if parent:
+            z = z[torch.from_numpy(tree.membership(G, z, parent))]
+        z = z[: budget - inside_parent]
+        inside_parent += z.shape[0]
+        if not z.shape[0]:
+            continue
+        labels = tree.assign_at(G, z, parent)
+        for i in want:
+            take = z[torch.from_numpy(labels == i)][: want[i] - count[i]]
+            found[i].append(take)
+            count[i] += take.shape[0]
+    return {i: torch.cat(found[i]) if found[i] else torch.empty(0, G.latent_dim) for i in want}
+
+
+def split_reference(exact: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint, equal-size sets from exact latents: the reference and the ceiling set."""
+    half = min(n, exact.shape[0] // 2)
+    return exact[:half], exact[half : 2 * half]
 
 
 @torch.no_grad()
@@ -23,13 +66,29 @@ def measure_clusters(
     paths: list[str],
     latents: torch.Tensor,
     labels: np.ndarray,
-    feats: np.ndarray,
 ) -> list[dict]:
-    """Metrics of every cluster in ``paths`` (siblings, labelled by index in ``labels``)."""
+    """Metrics of every cluster in ``paths`` (siblings, labelled by index in ``labels``).
+
+    Everything is measured out of sample: mapped samples come from inputs the training never drew
+    (their own stream), fidelity assigns them afresh, and precision/recall compare them with fresh
+    exact samples of the cluster (rejection-sampled from their own prior stream), never with the
+    training latents. The ceiling is a second, disjoint exact set of the same size scored the
+    same way: what an ideal sampler reaches with that many samples."""
     n_eval = run.fit.eval_samples
+    parent = paths[0].rsplit("/", 1)[0] if "/" in paths[0] else ROOT
+    split = run.tree.splits[parent]
+    index_of = {path: int(path.rsplit("/", 1)[-1]) for path in paths}
+    exact = exact_sets(
+        G,
+        run.tree,
+        parent,
+        {index_of[p]: 2 * n_eval for p in paths if p in run.mappings},
+        derive_seed(run.fit.seed, "exact-eval", parent or "root"),
+        budget=EXACT_DRAW_FACTOR * latents.shape[0],
+    )
     rows = []
     for path in paths:
-        index = int(path.rsplit("/", 1)[-1])
+        index = index_of[path]
         own = np.nonzero(labels == index)[0]
         stats = run.tree.stats[path]
         row: dict = {
@@ -49,14 +108,19 @@ def measure_clusters(
             row["norm_ratio"] = norm_ratio(mapped.cpu().numpy(), z_own)
             row["mapped_norm"] = float(mapped.norm(dim=1).mean())
             row["latent_norm"] = float(np.linalg.norm(z_own, axis=1).mean())
-            split = run.tree.splits[path.rsplit("/", 1)[0] if "/" in path else ROOT]
-            mapped_feats = representation(G, mapped, split.layer, split.pool).cpu().numpy()
-            # exact samples: the cluster's own latents; a second, disjoint share gives the ceiling
-            half = min(n_eval, len(own) // 2)
-            heldout = feats[own[half : 2 * half]] if half > 5 else None
-            row.update(
-                distribution_scores(mapped_feats, feats[own[: max(half, min(n_eval, len(own)))]], heldout)
-            )
+            reference, ceiling = split_reference(exact[index], n_eval)
+            row["exact_samples"] = int(reference.shape[0])
+            if reference.shape[0] > 5:
+
+                def feats(z: torch.Tensor) -> np.ndarray:
+                    return representation(G, z.to(G.device), split.layer, split.pool).cpu().numpy()
+
+                # as many mapped samples as exact ones: k-NN balls depend on the set size
+                row.update(
+                    distribution_scores(feats(mapped[: reference.shape[0]]), feats(reference), feats(ceiling))
+                )
+            else:
+                row.update({"precision": None, "recall": None})
         else:
             row.update({"fidelity": None, "norm_ratio": None, "precision": None, "recall": None})
             row["note"] = run.skipped.get(path, "")

@@ -56,7 +56,15 @@ def split_cluster(
     t0 = time.perf_counter()
     feats = extract_features(G, layer, latents, pool=cfg.pool, batch_size=cfg.batch_size)
     t1 = time.perf_counter()
-    km = fit_kmeans(feats, k, seed=seed, niter=cfg.kmeans_iters, gpu=G.device.type == "cuda")
+    km = fit_kmeans(
+        feats,
+        k,
+        seed=seed,
+        niter=cfg.kmeans_iters,
+        nredo=cfg.kmeans_restarts,
+        gpu=G.device.type == "cuda",
+        init=cfg.kmeans_init,
+    )
     t2 = time.perf_counter()
     split = Split(layer, km.centroids, cfg.pool, latents.shape[0], seed)
     run.tree.splits[parent] = split
@@ -94,7 +102,7 @@ def split_cluster(
     else:
         mapping_seconds = 0.0
     timings = {"features_s": t1 - t0, "kmeans_s": t2 - t1, "mappings_s": mapping_seconds}
-    rows = measure_clusters(G, run, children, latents, km.labels, feats)
+    rows = measure_clusters(G, run, children, latents, km.labels)
     by_id = {r["id"]: r for r in run.metrics.get("clusters", [])}
     by_id.update({r["id"]: r for r in rows})
     run.metrics["clusters"] = [by_id[p] for p in run.tree.clusters() if p in by_id]

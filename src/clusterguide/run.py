@@ -41,9 +41,17 @@ class FitConfig:
     kmeans_iters: int = 25
     min_cluster_size: int = 32  # smaller clusters are reported and get no mapping
     eval_samples: int = 1000  # mapped samples per cluster for the metrics
+    kmeans_init: str = "k-means++"  # "k-means++", or "random" (FAISS's default; older runs)
+    kmeans_restarts: int = 3  # k-means runs per split; the one with the lowest inertia is kept
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> FitConfig:
+        """A saved config; one written before the k-means fields existed used one random-seeded
+        run, and keeps it, so that refining it reproduces what it always did."""
+        return cls(**{"kmeans_init": "random", "kmeans_restarts": 1, **data})
 
 
 @dataclass
@@ -191,8 +199,8 @@ class Run:
                         f"{run_dir}: mapping of cluster {p} does not load: {str(exc).splitlines()[0]}"
                     ) from None
                 mappings[p] = net.eval()
-            fit_cfg = FitConfig(**config["fit"])
-            map_cfg = MappingConfig(**config["mapping"])
+            fit_cfg = FitConfig.from_json(config["fit"])
+            map_cfg = MappingConfig.from_json(config["mapping"])
         except (KeyError, TypeError) as exc:
             raise UserError(f"{run_dir}/config.json is damaged (missing or bad field {exc})") from None
         names = artifacts.read_json(run_dir / artifacts.NAMES) if (run_dir / artifacts.NAMES).exists() else {}

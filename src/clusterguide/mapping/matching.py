@@ -64,16 +64,7 @@ def pool_matches(
     mapped = torch.cat([model(e_all[:, s : s + 8192]) for s in range(0, max(gammas), 8192)], 1)
     matched, targets = [], []
     for c in range(k):
-        idx, dist = nearest(data[c], mapped[c, : gammas[c]], config.nn_backend)
-        # In a 100-d latent space even the nearest of many candidates is far away, and
-        # regressing onto far matches drags samples toward the cluster mean; keeping
-        # the closest share of matches is a per-epoch threshold in the spirit of Adaptive IMLE.
-        keep = (
-            dist <= torch.quantile(dist, config.match_quantile)
-            if config.match_quantile < 1
-            else torch.ones_like(dist, dtype=torch.bool)
-        )
-        keep = keep.to(device)
-        matched.append(e_all[c, idx.to(device)][keep])
-        targets.append(data[c][keep])
+        idx, _ = nearest(data[c], mapped[c, : gammas[c]], config.nn_backend)
+        matched.append(e_all[c, idx.to(device)])
+        targets.append(data[c])
     return matched, targets

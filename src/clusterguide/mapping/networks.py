@@ -149,5 +149,4 @@ class BatchedMapping(nn.Module):
 
 
 def make_network(config: MappingConfig, latent_dim: int) -> MappingNetwork:
-    aux = config.aux_dim or latent_dim
-    return MappingNetwork(aux, config.width, latent_dim, config.residual)
+    return MappingNetwork(latent_dim, config.width, latent_dim, config.residual)

@@ -16,35 +16,35 @@ def check_recipe(recipe: str) -> str:
     return recipe
 
 
+# Fields older run folders may hold that no recipe used, with the only value any run gave them;
+# a saved config with another value asked for something this version no longer does.
+DROPPED_FIELDS = {"aux_dim": None, "margin": 0.0, "imle_weight": 1.0, "match_quantile": 1.0}
+
+
 @dataclass(frozen=True)
 class MappingConfig:
-    """How the mappings are learned; saved with every run."""
+    """How the mappings are learned; saved with every run. The defaults are the ``fast`` recipe;
+    :meth:`preset` gives every recipe with its own settings (the way to ask for another one)."""
 
     recipe: str = "fast"  # "fast" (default), "residual" (the previous default) or "paper" (Algorithm 1)
-    epochs: int = 400  # passes over each cluster's latents
-    gamma: float = 10.0  # auxiliary samples drawn per latent of the cluster (Gamma = gamma x size)
-    width: int = 512  # hidden width of the 3-layer network
-    batch_size: int = 128  # latents per Adam step (per cluster)
+    epochs: int = 15  # passes over each cluster's latents
+    gamma: float = 10.0  # paper/residual: auxiliary samples drawn per latent (Gamma = gamma x size)
+    width: int = 256  # hidden width of the 3-layer network
+    batch_size: int = 512  # latents per Adam step (per cluster)
     lr: float = 1e-3  # Adam learning rate
-    aux_dim: int | None = None  # dimension of e; None = the generator's latent dimension
-    residual: bool = False  # T(e) = e + f(e), f zero at init (needs aux_dim == latent_dim)
-    staleness: int = 1  # epochs between nearest-neighbour refreshes (1 = every epoch, as the paper)
-    consistency: float = 0.0  # weight of the cluster-consistency hinge (0 = pure IMLE)
-    margin: float = 0.0  # the hinge is zero once a sample is this far inside its cluster (logit units)
-    guide_batch: int = 128  # free samples per cluster per step for the consistency term
-    imle_weight: float = 1.0  # weight of the IMLE regression term
-    inflation: float = 0.0  # weight of a penalty on mapped norms growing past the cluster's own
-    match_quantile: float = 1.0  # regress only the closest share of matches (1.0 = all, as the paper)
+    residual: bool = True  # T(e) = e + f(e), f zero at init (fast and residual; the paper's is not)
+    staleness: int = 5  # epochs between nearest-neighbour refreshes (1 = every epoch, as the paper)
+    consistency: float = 1.0  # weight of the cluster-consistency hinge (0 = pure IMLE)
+    guide_batch: int = 64  # free samples per cluster per step for the consistency term
+    inflation: float = 0.0  # residual: weight of a penalty on mapped norms growing past the cluster's
     moment_dims: int = 2  # fast: directions where the cluster's second moment departs most from the prior's
-    active_dims: int = (
-        1  # fast: directions along which the cluster's assignment margin changes most (at least)
-    )
-    max_active_dims: int = 1  # fast: ... and at most, added one at a time until keep_target is met
+    active_dims: int = 1  # fast: directions along which the cluster's assignment margin changes most (least)
+    max_active_dims: int = 8  # fast: ... and at most, added one at a time until keep_target is met
     keep_target: float = (
-        0.9  # fast: share of the cluster's latents that must stay in it when the complement is redrawn
+        0.8  # fast: share of the cluster's latents that stay in it when the complement is redrawn
     )
     candidates: int = 32  # fast: conditional-IMLE candidates drawn per latent at each refresh
-    min_steps: int = 0  # batched recipes: optimiser steps per epoch at least (small clusters and refinements)
+    min_steps: int = 10  # fast/residual: optimiser steps per epoch at least (small clusters, refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0
 
@@ -52,41 +52,41 @@ class MappingConfig:
     def preset(recipe: str, **overrides) -> MappingConfig:
         """The named recipes; unspecified (None) overrides keep the recipe's values."""
         presets = {
-            "paper": MappingConfig(recipe="paper"),
-            "fast": MappingConfig(
-                recipe="fast",
-                epochs=15,
-                width=256,
-                batch_size=512,
-                lr=1e-3,
-                residual=True,
-                staleness=5,
-                consistency=1.0,
-                margin=0.0,
-                guide_batch=64,
-                moment_dims=2,
-                active_dims=1,
-                max_active_dims=8,
-                keep_target=0.8,
-                candidates=32,
-                min_steps=10,
+            "paper": MappingConfig(
+                recipe="paper",
+                epochs=400,
+                gamma=10.0,
+                width=512,
+                batch_size=128,
+                residual=False,
+                staleness=1,
+                consistency=0.0,
+                guide_batch=128,
+                max_active_dims=1,
+                keep_target=0.9,
+                min_steps=0,
             ),
+            "fast": MappingConfig(),
             "residual": MappingConfig(
                 recipe="residual",
-                epochs=15,
                 gamma=4.0,
-                width=256,
-                batch_size=512,
-                lr=1e-3,
-                residual=True,
-                staleness=5,
-                consistency=1.0,
-                margin=0.0,
-                guide_batch=64,
                 inflation=10.0,
+                max_active_dims=1,
+                keep_target=0.9,
+                min_steps=0,
             ),
         }
         return replace(presets[check_recipe(recipe)], **{k: v for k, v in overrides.items() if v is not None})
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> MappingConfig:
+        """A saved config, also one written before fields were dropped (see ``DROPPED_FIELDS``)."""
+        data = dict(data)
+        for name, value in DROPPED_FIELDS.items():
+            saved = data.pop(name, value)
+            if saved != value:
+                raise UserError(f"mapping setting {name}={saved!r} is no longer supported")
+        return cls(**data)

@@ -124,8 +124,7 @@ def _consistency(
     device,
     norms: torch.Tensor,
 ) -> torch.Tensor:
-    """Hinge on fresh mapped samples: zero for samples already ``margin`` inside their own
-    cluster, so it pulls stray samples in without squeezing the ones inside (a cross-entropy
+    """Hinge on fresh mapped samples: zero for samples already inside their own cluster, so it pulls stray samples in without squeezing the ones inside (a cross-entropy
     would keep pushing every sample toward the centroid and collapse the mapping).
 
     At later layers the cheapest way "inside" can be outward, to latents far larger than any the
@@ -140,17 +139,16 @@ def _consistency(
     target = torch.arange(k, device=logits.device).repeat_interleave(m)
     own = logits.gather(1, target[:, None])[:, 0]
     others = logits.scatter(1, target[:, None], float("-inf")).max(1).values
-    return F.relu(others - own + config.margin).mean() + config.inflation * inflation
+    return F.relu(others - own).mean() + config.inflation * inflation
 
 
 def _can_start_from(net: MappingNetwork | None, config: MappingConfig, latent_dim: int) -> bool:
     """Whether ``net`` has the shape ``config`` asks for (a recipe override may change it)."""
     if net is None:
         return False
-    aux = config.aux_dim or latent_dim
     return (
         net.residual == config.residual
-        and tuple(net.fc1.weight.shape) == (config.width, aux)
+        and tuple(net.fc1.weight.shape) == (config.width, latent_dim)
         and tuple(net.fc3.weight.shape) == (latent_dim, config.width)
     )
 
@@ -167,18 +165,15 @@ def _fit_batched(
     """All clusters of a split at once, ``fast`` or ``residual``; see the module docstring."""
     k = len(latents)
     latent_dim = latents[0].shape[1]
-    aux = config.aux_dim or latent_dim
     structured = config.recipe == "fast"
     g = torch.Generator().manual_seed(derive_seed(config.seed, "batched"))
     data = [z.to(device) for z in latents]
-    if aux != latent_dim:  # a plain (not residual) mapping of another input size: Gaussian inputs
-        prior = standard_normal(aux)
     draw = prior or standard_normal(latent_dim)
     can_start = _can_start_from(init, config, latent_dim)
     basis = parent = None
     if structured:
-        if not config.residual or aux != latent_dim:
-            raise UserError("the fast recipe needs a residual mapping with aux_dim == latent_dim")
+        if not config.residual:
+            raise UserError("the fast recipe needs a residual mapping (residual=True)")
         # a refined cluster keeps its parent's subspace and starts as a copy of the parent's mapping
         parent = subspace_of(init, latent_dim // 2) if can_start else None
         # the prior's second moment, which a cluster's is compared with (N(0, I): the identity)
@@ -194,7 +189,7 @@ def _fit_batched(
         # clusters may need different numbers of directions: pad with zero columns, which write nothing
         width = max(b.shape[1] for b in bases)
         basis = torch.stack([F.pad(b, (0, width - b.shape[1])) for b in bases])
-    model = BatchedMapping(k, aux, config.width, latent_dim, config.residual, g, basis=basis)
+    model = BatchedMapping(k, latent_dim, config.width, latent_dim, config.residual, g, basis=basis)
     if can_start and (not structured or parent is not None):
         model.start_from(init)
     model = model.to(device)
@@ -206,7 +201,9 @@ def _fit_batched(
     # An epoch is a pass over the mean cluster, but at least ``min_steps`` steps: a few hundred
     # latents (a refinement, a small run) would otherwise get a handful of steps in all.
     steps = max(1, config.min_steps, math.ceil(sum(sizes) / k / config.batch_size))
-    batch = min(config.batch_size, min(sizes))
+    # rows are drawn with replacement, so every cluster takes a full batch, however small it is
+    # (a small sibling no longer shrinks every sibling's batch)
+    batch = config.batch_size
     use_guide = guide is not None and config.consistency > 0
     norms = torch.stack([z.norm(dim=1).mean() for z in data])
     matched: list[torch.Tensor] = []
@@ -234,7 +231,7 @@ def _fit_batched(
                 # agree by construction), so its weight against the hinge does not depend on the
                 # latent dimension; residual: per-coordinate MSE, as before
                 per_cluster = squared.sum(2).mean(1) if structured else squared.mean(dim=(1, 2))
-                loss = config.imle_weight * per_cluster.sum()
+                loss = per_cluster.sum()
                 if use_guide:
                     loss = loss + config.consistency * k * _consistency(
                         model, guide, k, config, draw, g, device, norms
