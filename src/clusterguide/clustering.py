@@ -70,6 +70,7 @@ def fit_kmeans(
     )
     km.train(x)
     dist, labels = km.index.search(x, 1)
+    assert km.centroids is not None
     return KMeansResult(km.centroids.copy(), labels[:, 0].astype(np.int64), float(dist.sum()))
 
 

@@ -27,6 +27,7 @@ def conditional_matches(
     T(e) = e + U g(e) leaves the complement of e untouched, so every candidate already agrees with
     z_i off the subspace and distances need only the d subspace coordinates. The subspace
     coordinates are the prior's (``draw``, default N(0, I)) projected on the basis."""
+    assert model.basis is not None, "conditional matching needs a subspace mapping"
     live = model.basis[cluster].norm(dim=0) > 0  # clusters with fewer directions are zero-padded
     basis = model.basis[cluster][:, live]
     d = basis.shape[1]

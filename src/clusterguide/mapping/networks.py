@@ -46,6 +46,8 @@ class BatchedMapping(nn.Module):
     With a ``basis`` (K, latent_dim, d) the last layer writes d coordinates that the basis places in
     latent space (T_c(e) = e + U_c g_c(e)); :meth:`export` folds U_c into the plain last layer."""
 
+    basis: torch.Tensor | None  # (k, latent_dim, d) buffer, or None for full-space mappings
+
     def __init__(
         self,
         k: int,
@@ -131,8 +133,8 @@ class BatchedMapping(nn.Module):
                 getattr(self, f"var{j}")[i, 0].copy_(bn.running_var)
 
     def export(self, index: int) -> MappingNetwork:
-        aux_dim, width = self.w1.shape[1:]
-        latent_dim = self.w3.shape[2] if self.basis is None else self.basis.shape[1]
+        aux_dim, width = int(self.w1.shape[1]), int(self.w1.shape[2])
+        latent_dim = int(self.w3.shape[2] if self.basis is None else self.basis.shape[1])
         net = MappingNetwork(aux_dim, width, latent_dim, self.residual)
         with torch.no_grad():
             net.fc1.weight.copy_(self.w1[index].T)
@@ -140,6 +142,8 @@ class BatchedMapping(nn.Module):
             w3 = self.w3[index] if self.basis is None else self.w3[index] @ self.basis[index].T
             net.fc3.weight.copy_(w3.T)
             for i, bn in ((1, net.bn1), (2, net.bn2)):
+                assert bn.running_mean is not None and bn.running_var is not None
+                assert bn.num_batches_tracked is not None
                 bn.weight.copy_(getattr(self, f"g{i}")[index, 0])
                 bn.bias.copy_(getattr(self, f"b{i}")[index, 0])
                 bn.running_mean.copy_(getattr(self, f"mean{i}")[index, 0])

@@ -79,7 +79,7 @@ def _fit_paper(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = make_network(config, z.shape[1])
-    if _can_start_from(init, config, z.shape[1]):
+    if init is not None and _can_start_from(init, config, z.shape[1]):
         net.load_state_dict(init.state_dict(), strict=True)
     net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -169,13 +169,13 @@ def _fit_batched(
     g = torch.Generator().manual_seed(derive_seed(config.seed, "batched"))
     data = [z.to(device) for z in latents]
     draw = prior or standard_normal(latent_dim)
-    can_start = _can_start_from(init, config, latent_dim)
+    start = init if init is not None and _can_start_from(init, config, latent_dim) else None
     basis = parent = None
     if structured:
         if not config.residual:
             raise UserError("the fast recipe needs a residual mapping (residual=True)")
         # a refined cluster keeps its parent's subspace and starts as a copy of the parent's mapping
-        parent = subspace_of(init, latent_dim // 2) if can_start else None
+        parent = subspace_of(start, latent_dim // 2) if start is not None else None
         # the prior's second moment, which a cluster's is compared with (N(0, I): the identity)
         if prior is None:
             reference = None
@@ -190,8 +190,8 @@ def _fit_batched(
         width = max(b.shape[1] for b in bases)
         basis = torch.stack([F.pad(b, (0, width - b.shape[1])) for b in bases])
     model = BatchedMapping(k, latent_dim, config.width, latent_dim, config.residual, g, basis=basis)
-    if can_start and (not structured or parent is not None):
-        model.start_from(init)
+    if start is not None and (not structured or parent is not None):
+        model.start_from(start)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sizes = [z.shape[0] for z in data]
@@ -232,7 +232,7 @@ def _fit_batched(
                 # latent dimension; residual: per-coordinate MSE, as before
                 per_cluster = squared.sum(2).mean(1) if structured else squared.mean(dim=(1, 2))
                 loss = per_cluster.sum()
-                if use_guide:
+                if guide is not None and use_guide:
                     loss = loss + config.consistency * k * _consistency(
                         model, guide, k, config, draw, g, device, norms
                     )
