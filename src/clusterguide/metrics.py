@@ -5,7 +5,8 @@
 - ``norm_ratio``: mean |T_c(e)| / mean |z| over the cluster's own latents; well below 1 means the
   mapping collapsed toward the mean.
 - ``precision`` / ``recall``: improved precision and recall (Kynkaanniemi et al. 2019, k = 5)
-  between mapped samples and exact samples (latents of the cluster) in the layer's representation
+  between mapped samples and exact samples of the cluster (fresh rejection-sampled latents, never
+  the training latents; see :mod:`clusterguide.fit_metrics`) in the layer's representation
   space: precision = share of mapped samples inside the exact samples' k-NN balls, recall = share
   of exact samples inside the mapped samples' balls.
 
