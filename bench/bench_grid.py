@@ -104,6 +104,7 @@ def run_cell(
     return {
         **cell,
         "samples": samples,
+        "fit": fit_cfg.to_json(),
         "mapping": mapping.to_json(),
         "seconds": time.perf_counter() - start,
         **extra,

@@ -42,7 +42,7 @@ class FitConfig:
     min_cluster_size: int = 32  # smaller clusters are reported and get no mapping
     eval_samples: int = 1000  # mapped samples per cluster for the metrics
     kmeans_init: str = "k-means++"  # "k-means++", or "random" (FAISS's default; older runs)
-    kmeans_restarts: int = 3  # k-means runs per split; the one with the lowest inertia is kept
+    kmeans_restarts: int = 1  # k-means runs per split; the one with the lowest inertia is kept
 
     def to_json(self) -> dict:
         return asdict(self)
