@@ -165,6 +165,16 @@ def load_converted(folder: Path, latent_space: str = "z", truncation: float = 1.
     return StyleGAN2Adapter(net, expected or sha256(weights), latent_space, truncation)
 
 
+def load_file(path: Path, latent_space: str = "z", truncation: float = 1.0) -> StyleGAN2Adapter:
+    """A single checkpoint file: rosinality's ``.pt`` is read directly; NVIDIA's pickles must be
+    converted first (their refusal by the weights-only reader says how)."""
+    from clusterguide.generators import rosinality
+    from clusterguide.generators.checkpoints import sha256_file
+
+    net = rosinality.load_network(path)
+    return StyleGAN2Adapter(net, sha256_file(path), latent_space, truncation)
+
+
 def converted_dir(name: str) -> Path:
     """Where ``clusterguide convert stylegan2 NAME`` puts a published checkpoint."""
     from clusterguide.generators.download import cache_dir
@@ -233,10 +243,7 @@ def load(
     if path.is_dir():
         return load_converted(path, latent_space, psi)
     if path.is_file():
-        raise UserError(
-            f"{path} is not a converted checkpoint; convert it once with "
-            f"`clusterguide convert stylegan2 {path} --trust-pickle --out DIR` and pass DIR"
-        )
+        return load_file(path, latent_space, psi)
     if download.lookup("stylegan2", checkpoint) is None:
         names = ", ".join(download.published("stylegan2"))
         raise UserError(
