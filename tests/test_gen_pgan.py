@@ -153,7 +153,7 @@ def test_blending_and_foreign_files_are_rejected(tmp_path, monkeypatch):
         load_generator("pgan", str(path))
     foreign = tmp_path / "foreign.pth"
     _hub_checkpoint(foreign, monkeypatch, random_generator(SMALL).state_dict(), None, lossCriterion=Foreign())
-    with pytest.raises(UserError, match=r"refers to [\w.]*Foreign, which is not loaded"):
+    with pytest.raises(UserError, match=r"refers to [\w.]*Foreign, and clusterguide opens only plain weights"):
         load_generator("pgan", str(foreign))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")

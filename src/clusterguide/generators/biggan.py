@@ -32,7 +32,12 @@ from torch import nn
 
 from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter, LayerInfo, number_option, published_random
-from clusterguide.generators.checkpoints import load_state_dict_strict, load_weights_only, sha256_file
+from clusterguide.generators.checkpoints import (
+    check_family,
+    load_state_dict_strict,
+    load_weights_only,
+    sha256_file,
+)
 from clusterguide.generators.registry import register
 from clusterguide.seeding import BLOCK, derive_seed
 
@@ -421,6 +426,8 @@ PUBLISHED_RESOLUTION = {"biggan-deep-128": 128, "biggan-deep-256": 256, "biggan-
 
 def load_folder(folder: Path, truncation: float) -> BigGANAdapter:
     weights, config_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    if (folder / "model.safetensors").is_file() and not weights.is_file():
+        raise UserError(f"{folder} is a converted StyleGAN2 folder: use --generator stylegan2")
     for p in (weights, config_path):
         if not p.is_file():
             raise UserError(
@@ -432,6 +439,7 @@ def load_folder(folder: Path, truncation: float) -> BigGANAdapter:
         raise UserError(f"{config_path} is damaged: {exc}") from None
     config = BigGANConfig.from_json(data, str(config_path))
     state = load_weights_only(weights, "BigGAN weights")
+    check_family(state, "biggan", weights)
     if not isinstance(state, dict):
         raise UserError(f"{weights} is not a state dict")
     net = BigGAN(config)
@@ -452,6 +460,9 @@ def load(checkpoint: str | None = None, truncation: float | str = 1.0, seed: int
         return BigGANAdapter(net, f"{checkpoint}-seed{seed}", truncation)
     path = Path(checkpoint).expanduser()
     if path.is_file():
+        if path.name not in (WEIGHTS_NAME, CONFIG_NAME):
+            check_family(load_weights_only(path, "BigGAN checkpoint"), "biggan", path)
+            raise UserError(f"{path}: a BigGAN checkpoint is a folder with {WEIGHTS_NAME} and {CONFIG_NAME}")
         path = path.parent
     if not path.exists():
         if checkpoint not in PUBLISHED_RESOLUTION:

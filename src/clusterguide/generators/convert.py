@@ -129,6 +129,14 @@ def read_pickle(path: Path, trust_pickle: bool) -> dict:
         raise UserError(f"{path} not found") from None
     except UserError:
         raise
+    except (EOFError, pickle.UnpicklingError) as exc:
+        if isinstance(exc, EOFError) or "truncated" in str(exc):
+            raise UserError(
+                f"{path} is truncated or damaged ({exc or 'EOF'}); download or copy it again"
+            ) from None
+        raise UserError(
+            f"cannot read {path} as an NVIDIA network pickle: {type(exc).__name__}: {exc}"
+        ) from None
     except Exception as exc:  # a damaged or foreign file
         raise UserError(
             f"cannot read {path} as an NVIDIA network pickle: {type(exc).__name__}: {exc}"

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from clusterguide.errors import UserError
-from clusterguide.generators.checkpoints import load_weights_only
+from clusterguide.generators.checkpoints import check_family, family_of, load_weights_only
 from clusterguide.generators.stylegan2_net import StyleGAN2Config, StyleGAN2Generator
 from clusterguide.generators.stylegan_ops import make_filter
 
@@ -70,8 +70,14 @@ def looks_like_rosinality(state: object) -> bool:
 def read(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, dict]:
     """(``g_ema`` state dict, ``latent_avg`` or None, ``args`` as a dict) of a rosinality file."""
     blob = load_weights_only(path, "StyleGAN2 checkpoint", _GLOBALS)
+    check_family(blob, "stylegan2", path)
     if not looks_like_rosinality(blob):
-        raise UserError(f"{path} is not a rosinality StyleGAN2 checkpoint (no 'g_ema')")
+        if family_of(blob) == "stylegan2":  # NVIDIA's layout, e.g. a bare G_ema state dict
+            raise UserError(
+                f"{path} holds an NVIDIA-layout state dict without its architecture; convert the "
+                "network pickle it came from with `clusterguide convert stylegan2 FILE.pkl --trust-pickle`"
+            )
+        raise UserError(f"{path} is not a StyleGAN2 checkpoint clusterguide reads (no 'g_ema')")
     state = blob["g_ema"] if "g_ema" in blob else blob
     latent_avg = blob.get("latent_avg") if "g_ema" in blob else None
     raw = blob.get("args") if "g_ema" in blob else None

@@ -149,6 +149,8 @@ def load_converted(folder: Path, latent_space: str = "z", truncation: float = 1.
     """Load a folder written by ``clusterguide convert stylegan2``."""
     from clusterguide.artifacts import load_tensors, read_json, sha256
 
+    if (folder / "pytorch_model.bin").is_file():
+        raise UserError(f"{folder} is a BigGAN checkpoint folder: use --generator biggan")
     meta = read_json(folder / CONFIG_NAME)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{folder / CONFIG_NAME} is not a converted StyleGAN2 checkpoint (format {FORMAT!r})")
