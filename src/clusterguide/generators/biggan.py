@@ -449,8 +449,8 @@ def load_folder(folder: Path, truncation: float) -> BigGANAdapter:
 
 def load(checkpoint: str | None = None, truncation: float | str = 1.0, seed: int | str = 0) -> BigGANAdapter:
     """``checkpoint``: a folder (or its pytorch_model.bin), a published name (biggan-deep-128/256/512,
-    downloaded once), or ``random:<name>`` for that architecture with seeded random weights."""
-    from clusterguide.generators import download
+    downloaded once), ``hf:OWNER/REPO[/FILE][@REV]`` (both files from the Hugging Face Hub), or ``random:<name>`` for that architecture with seeded random weights."""
+    from clusterguide.generators import download, hub
 
     truncation = number_option("truncation", truncation)
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
@@ -458,7 +458,11 @@ def load(checkpoint: str | None = None, truncation: float | str = 1.0, seed: int
         res = published_random("BigGAN", checkpoint, PUBLISHED_RESOLUTION)
         net = random_biggan(BigGANConfig.published(res), int(seed))
         return BigGANAdapter(net, f"{checkpoint}-seed{seed}", truncation)
-    path = Path(checkpoint).expanduser()
+    path = (
+        hub.fetch(checkpoint, companions=(WEIGHTS_NAME, CONFIG_NAME))
+        if hub.is_hub(checkpoint)
+        else Path(checkpoint).expanduser()
+    )
     if path.is_file():
         if path.name not in (WEIGHTS_NAME, CONFIG_NAME):
             check_family(load_weights_only(path, "BigGAN checkpoint"), "biggan", path)

@@ -82,7 +82,12 @@ class DCGANAdapter(GeneratorAdapter):
 
     @classmethod
     def pretrained(cls, checkpoint: str | None = None) -> DCGANAdapter:
-        path = Path(checkpoint) if checkpoint else find_weights()
+        from clusterguide.generators import hub
+
+        if hub.is_hub(checkpoint):
+            path = hub.fetch(str(checkpoint))
+        else:
+            path = Path(checkpoint) if checkpoint else find_weights()
         if not path.is_file():
             raise UserError(f"checkpoint {path} not found")
         blob = load_weights_only(path, "DCGAN checkpoint")

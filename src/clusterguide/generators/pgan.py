@@ -280,9 +280,10 @@ DEFAULT_CHECKPOINT = "celebAHQ-256"
 
 
 def load(checkpoint: str | None = None, seed: int | str = 0) -> PGANAdapter:
-    """``checkpoint``: a .pth file, a published name (downloaded once), or ``random:<name>`` for the
+    """``checkpoint``: a .pth file, a published name (downloaded once), ``hf:OWNER/REPO/FILE[@REV]``
+    (the Hugging Face Hub), or ``random:<name>`` for the
     published architecture with seeded random weights (standard depths; for dry runs and tests)."""
-    from clusterguide.generators import download
+    from clusterguide.generators import download, hub
 
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
     if checkpoint.startswith("random:"):
@@ -291,7 +292,7 @@ def load(checkpoint: str | None = None, seed: int | str = 0) -> PGANAdapter:
             random_generator(PGANConfig.standard(res), int(seed)), f"{checkpoint}-seed{seed}"
         )
         return adapter
-    path = Path(checkpoint).expanduser()
+    path = hub.fetch(checkpoint) if hub.is_hub(checkpoint) else Path(checkpoint).expanduser()
     if not path.exists():
         entry = download.lookup("pgan", checkpoint)
         if entry is None:

@@ -34,6 +34,7 @@ from torch import nn
 from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter, LayerInfo, number_option
 from clusterguide.generators.checkpoints import load_state_dict_strict
+from clusterguide.generators.hub import HubFile
 from clusterguide.generators.registry import register
 from clusterguide.generators.stylegan2_net import StyleGAN2Config, StyleGAN2Generator, random_generator
 from clusterguide.generators.stylegan3_net import StyleGAN3Config, StyleGAN3Generator, random_generator_sg3
@@ -177,6 +178,11 @@ def load_file(path: Path, latent_space: str = "z", truncation: float = 1.0) -> S
     return StyleGAN2Adapter(net, sha256_file(path), latent_space, truncation)
 
 
+def hub_converted_name(ref: HubFile) -> str:
+    """Where under the converted-checkpoint cache a pickle from the Hub goes."""
+    return f"hf/{ref.repo_id}/{ref.filename}" + (f"@{ref.revision}" if ref.revision else "")
+
+
 def converted_dir(name: str) -> Path:
     """Where ``clusterguide convert stylegan2 NAME`` puts a published checkpoint."""
     from clusterguide.generators.download import cache_dir
@@ -221,9 +227,11 @@ DEFAULT_CHECKPOINT = "ffhq"
 def load(
     checkpoint: str | None = None, latent_space: str = "z", truncation: float | str = 1.0, seed: int | str = 0
 ) -> StyleGAN2Adapter:
-    """``checkpoint``: a converted folder, a published name converted before (see
-    ``clusterguide convert``), or ``random:<name>`` for that architecture with random weights."""
-    from clusterguide.generators import download
+    """``checkpoint``: a converted folder, a rosinality ``.pt`` file, a published name converted
+    before (see ``clusterguide convert``), ``hf:OWNER/REPO/FILE[@REV]`` (the Hugging Face Hub: a
+    ``.pt``, a converted folder's file, or a ``.pkl`` converted before), or ``random:<name>`` for
+    that architecture with random weights."""
+    from clusterguide.generators import download, hub
 
     psi = number_option("truncation", truncation)
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
@@ -239,7 +247,19 @@ def load(
             else random_generator(cfg, int(seed))
         )
         return StyleGAN2Adapter(net, f"{checkpoint}-seed{seed}", latent_space, psi)
-    path = Path(checkpoint).expanduser()
+    if hub.is_hub(checkpoint):
+        ref = hub.parse(checkpoint)
+        if ref.filename.endswith(".pkl"):  # NVIDIA's pickles are converted once, like published names
+            folder = converted_dir(hub_converted_name(ref))
+            if not (folder / CONFIG_NAME).is_file():
+                raise UserError(
+                    f"StyleGAN2 {checkpoint} is not converted yet: run `clusterguide convert stylegan2 "
+                    f"{checkpoint} --trust-pickle` once (it downloads the pickle)"
+                )
+            return load_converted(folder, latent_space, psi)
+        path = hub.fetch(checkpoint, companions=(CONFIG_NAME, WEIGHTS_NAME))
+    else:
+        path = Path(checkpoint).expanduser()
     if path.is_file() and path.name == CONFIG_NAME:
         path = path.parent
     if path.is_dir():
