@@ -44,7 +44,8 @@ class FakeHub:
         import threading
 
         hub = self
-        self.repos, self.commit, self.requests = repos, commit, []
+        self.repos, self.commit = repos, commit
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:  # quiet

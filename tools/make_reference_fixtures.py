@@ -49,6 +49,9 @@ biases, batch-norm statistics, ``w_avg`` / ``latent_avg`` and the PGAN moving av
 non-trivial values (through the publisher's own modules), and output layers are scaled down so the
 images are not saturated.
 
+Re-running gives byte-identical files, except that NVIDIA's pickles name their tensor storages by
+memory address (torch's pickling); their contents and every ``reference.npz`` are identical.
+
 Each family runs in its own subprocess: stylegan2-ada-pytorch and stylegan3 both define top-level
 packages named ``dnnlib``, ``torch_utils`` and ``training``.
 """
@@ -146,7 +149,8 @@ def write(out: Path, family: str, meta: dict, arrays: dict[str, np.ndarray]) -> 
     meta = {"family": family, "publisher": {"repository": repo, "commit": commit}, "seed": SEED, **meta}
     meta["saturated_fraction"] = float(np.mean(np.abs(arrays["images"]) >= 1))
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()})
+    float32 = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
+    np.savez_compressed(buf, **float32)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
     (out / "reference.npz").write_bytes(buf.getvalue())
     (out / "reference.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -163,7 +167,7 @@ def make_pgan(root: Path, out: Path) -> None:
         torch.optim.Adam
     )  # recent torch refuses betas=[0, 0.99] (an int and a float); optimisers are not saved
     progressive_gan.optim = types.SimpleNamespace(
-        Adam=lambda params, betas, **kw: adam(params, betas=tuple(map(float, betas)), **kw)
+        Adam=lambda params, betas, **kw: adam(params, betas=(float(betas[0]), float(betas[1])), **kw)
     )
 
     torch.manual_seed(SEED)

@@ -110,6 +110,9 @@ class BigGANConfig:
 class SNLinear(nn.Module):
     """Linear layer with a frozen spectral norm (eval-mode torch.nn.utils.spectral_norm)."""
 
+    weight_u: torch.Tensor
+    weight_v: torch.Tensor
+
     def __init__(self, c_in: int, c_out: int, bias: bool = True) -> None:
         super().__init__()
         self.weight_orig = nn.Parameter(torch.empty(c_out, c_in))
@@ -139,6 +142,9 @@ class SNConv2d(SNLinear):
 class ClassBatchNorm(nn.Module):
     """Batch norm with precomputed statistics per truncation value and (when conditional) a gain
     and bias predicted from the condition vector."""
+
+    running_means: torch.Tensor
+    running_vars: torch.Tensor
 
     def __init__(self, channels: int, cond_dim: int | None, n_stats: int, eps: float) -> None:
         super().__init__()
@@ -359,8 +365,7 @@ class BigGANAdapter(GeneratorAdapter):
                 f"--class must be an ImageNet class index in 0..{self.num_classes - 1} (got {label})"
             )
         out = BigGANAdapter(self.net, self.weights_id, self.truncation, label)  # shares the weights
-        if hasattr(self, "spec"):
-            out.spec = self.spec  # type: ignore[attr-defined]
+        out.spec = self.spec
         return out.train(self.training)
 
     def _cond(self, z: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,9 @@ class DCGANAdapter(GeneratorAdapter):
         super().__init__()
         self.net = (net or DCGAN()).eval()
         self.weights_id = weights_id
-        self.latent_dim = self.net.main[0].in_channels
+        first = self.net.main[0]
+        assert isinstance(first, nn.ConvTranspose2d)
+        self.latent_dim = first.in_channels
         self.image_size = 4 * 2 ** (len(self._BLOCKS))
 
     @classmethod

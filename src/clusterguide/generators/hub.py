@@ -169,7 +169,7 @@ def _progress_class() -> type:
 
     from clusterguide.progress import enabled
 
-    class Bars(tqdm):  # type: ignore[misc, valid-type]
+    class Bars(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = kwargs.get("disable") or not enabled()
             super().__init__(*args, **kwargs)

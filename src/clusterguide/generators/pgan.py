@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +126,7 @@ class PGANGenerator(nn.Module):
         """From the end of scale ``start`` to the end of scale ``stop``."""
         for group in self.scaleLayers[start:stop]:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
-            for conv in group:
+            for conv in cast(nn.ModuleList, group):
                 x = self._act(conv(x))
         return x
 

@@ -81,8 +81,7 @@ class StyleGAN2Adapter(GeneratorAdapter):
         if not 0 <= label < self.num_classes:
             raise UserError(f"--class must be in 0..{self.num_classes - 1} for this StyleGAN2 (got {label})")
         out = StyleGAN2Adapter(self.net, self.weights_id, self.latent_space, self.truncation, label)
-        if hasattr(self, "spec"):
-            out.spec = self.spec  # type: ignore[attr-defined]
+        out.spec = self.spec
         return out.train(self.training)
 
     def _c(self, n: int, device: torch.device) -> torch.Tensor | None:
