@@ -3,7 +3,8 @@ stylegan3), reimplemented in plain torch and loaded from converted checkpoints.
 
 NVIDIA publishes pickles that run code when opened; :mod:`clusterguide.generators.convert` turns one
 into ``config.json`` + ``model.safetensors`` once, when the user says the file is trusted. This
-module only ever reads that folder, strictly: every key and shape of ``G_ema``'s state dict is
+module reads that folder, or a rosinality/stylegan2-pytorch ``.pt`` (translated into the same
+layout by :mod:`rosinality`), strictly: every key and shape of ``G_ema``'s state dict is
 checked (``mapping.fc0.weight``, ``mapping.w_avg``, ``synthesis.b4.const``,
 ``synthesis.b8.conv0.affine.weight``, ``synthesis.b8.conv0.noise_const``, ``synthesis.b8.torgb.weight``,
 ...; for StyleGAN3 ``synthesis.input.freqs``, ``synthesis.L3_52_512.up_filter``, ...).
