@@ -23,6 +23,11 @@ def set_progress(enabled: bool | None) -> None:
     _enabled = enabled
 
 
+def enabled() -> bool:
+    """Whether bars are shown now (other libraries' bars follow this too)."""
+    return _active()
+
+
 def _active() -> bool:
     if _enabled is not None:
         return _enabled

@@ -39,16 +39,17 @@ from clusterguide.errors import UserError
 def convert(
     family: str, source: str, trust_pickle: bool, out: Path | None, network: str, force: bool
 ) -> None:
-    """Convert SOURCE (a .pkl file or a published name such as ffhq) for --generator FAMILY.
+    """Convert SOURCE (a .pkl file, a published name such as ffhq, or hf:OWNER/REPO/FILE.pkl[@REV])
+    for --generator FAMILY.
 
     \b
     Example:
       clusterguide convert stylegan2 ffhq --trust-pickle
       clusterguide convert stylegan2 network-snapshot-025000.pkl --trust-pickle --out my-gan
     """
-    from clusterguide.generators import download
+    from clusterguide.generators import download, hub
     from clusterguide.generators.convert import convert_stylegan2
-    from clusterguide.generators.stylegan2 import converted_dir
+    from clusterguide.generators.stylegan2 import converted_dir, hub_converted_name
 
     if not trust_pickle:  # refuse before any download
         raise UserError(
@@ -57,7 +58,10 @@ def convert(
         )
     path = Path(source).expanduser()
     name = None
-    if not path.exists():
+    if hub.is_hub(source):
+        name = hub_converted_name(hub.parse(source))
+        path = hub.fetch(source)
+    elif not path.exists():
         entry = download.lookup(family, source)
         if entry is None:
             names = ", ".join(download.published(family))
@@ -71,4 +75,4 @@ def convert(
         raise UserError(f"--out {target} would overwrite the pickle itself")
     convert_stylegan2(path, target, trust_pickle=True, network=network, overwrite=force, source_name=name)
     click.echo(f"wrote {target}")
-    click.echo(f"use it with: --generator {family} --checkpoint {name or target}")
+    click.echo(f"use it with: --generator {family} --checkpoint {source if name else target}")

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from clusterguide.errors import UserError
 from clusterguide.seeding import randn_streams
+
+if TYPE_CHECKING:
+    from clusterguide.generators.registry import GeneratorSpec
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class GeneratorAdapter(nn.Module):
     image_size: int = 0
     # Identifies the weights (sha256 of the checkpoint file, or "random" for random init).
     weights_id: str = "random"
+    # How the registry built it (set by load_generator; None for adapters built by hand).
+    spec: GeneratorSpec | None = None
 
     # ---- layers -----------------------------------------------------------------------
     def layer_names(self) -> list[str]:

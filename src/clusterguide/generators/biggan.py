@@ -32,7 +32,12 @@ from torch import nn
 
 from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter, LayerInfo, number_option, published_random
-from clusterguide.generators.checkpoints import load_state_dict_strict, load_weights_only, sha256_file
+from clusterguide.generators.checkpoints import (
+    check_family,
+    load_state_dict_strict,
+    load_weights_only,
+    sha256_file,
+)
 from clusterguide.generators.registry import register
 from clusterguide.seeding import BLOCK, derive_seed
 
@@ -105,6 +110,9 @@ class BigGANConfig:
 class SNLinear(nn.Module):
     """Linear layer with a frozen spectral norm (eval-mode torch.nn.utils.spectral_norm)."""
 
+    weight_u: torch.Tensor
+    weight_v: torch.Tensor
+
     def __init__(self, c_in: int, c_out: int, bias: bool = True) -> None:
         super().__init__()
         self.weight_orig = nn.Parameter(torch.empty(c_out, c_in))
@@ -134,6 +142,9 @@ class SNConv2d(SNLinear):
 class ClassBatchNorm(nn.Module):
     """Batch norm with precomputed statistics per truncation value and (when conditional) a gain
     and bias predicted from the condition vector."""
+
+    running_means: torch.Tensor
+    running_vars: torch.Tensor
 
     def __init__(self, channels: int, cond_dim: int | None, n_stats: int, eps: float) -> None:
         super().__init__()
@@ -354,8 +365,7 @@ class BigGANAdapter(GeneratorAdapter):
                 f"--class must be an ImageNet class index in 0..{self.num_classes - 1} (got {label})"
             )
         out = BigGANAdapter(self.net, self.weights_id, self.truncation, label)  # shares the weights
-        if hasattr(self, "spec"):
-            out.spec = self.spec  # type: ignore[attr-defined]
+        out.spec = self.spec
         return out.train(self.training)
 
     def _cond(self, z: torch.Tensor) -> torch.Tensor:
@@ -421,6 +431,8 @@ PUBLISHED_RESOLUTION = {"biggan-deep-128": 128, "biggan-deep-256": 256, "biggan-
 
 def load_folder(folder: Path, truncation: float) -> BigGANAdapter:
     weights, config_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    if (folder / "model.safetensors").is_file() and not weights.is_file():
+        raise UserError(f"{folder} is a converted StyleGAN2 folder: use --generator stylegan2")
     for p in (weights, config_path):
         if not p.is_file():
             raise UserError(
@@ -432,6 +444,7 @@ def load_folder(folder: Path, truncation: float) -> BigGANAdapter:
         raise UserError(f"{config_path} is damaged: {exc}") from None
     config = BigGANConfig.from_json(data, str(config_path))
     state = load_weights_only(weights, "BigGAN weights")
+    check_family(state, "biggan", weights)
     if not isinstance(state, dict):
         raise UserError(f"{weights} is not a state dict")
     net = BigGAN(config)
@@ -441,8 +454,8 @@ def load_folder(folder: Path, truncation: float) -> BigGANAdapter:
 
 def load(checkpoint: str | None = None, truncation: float | str = 1.0, seed: int | str = 0) -> BigGANAdapter:
     """``checkpoint``: a folder (or its pytorch_model.bin), a published name (biggan-deep-128/256/512,
-    downloaded once), or ``random:<name>`` for that architecture with seeded random weights."""
-    from clusterguide.generators import download
+    downloaded once), ``hf:OWNER/REPO[/FILE][@REV]`` (both files from the Hugging Face Hub), or ``random:<name>`` for that architecture with seeded random weights."""
+    from clusterguide.generators import download, hub
 
     truncation = number_option("truncation", truncation)
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
@@ -450,8 +463,15 @@ def load(checkpoint: str | None = None, truncation: float | str = 1.0, seed: int
         res = published_random("BigGAN", checkpoint, PUBLISHED_RESOLUTION)
         net = random_biggan(BigGANConfig.published(res), int(seed))
         return BigGANAdapter(net, f"{checkpoint}-seed{seed}", truncation)
-    path = Path(checkpoint).expanduser()
+    path = (
+        hub.fetch(checkpoint, companions=(WEIGHTS_NAME, CONFIG_NAME))
+        if hub.is_hub(checkpoint)
+        else Path(checkpoint).expanduser()
+    )
     if path.is_file():
+        if path.name not in (WEIGHTS_NAME, CONFIG_NAME):
+            check_family(load_weights_only(path, "BigGAN checkpoint"), "biggan", path)
+            raise UserError(f"{path}: a BigGAN checkpoint is a folder with {WEIGHTS_NAME} and {CONFIG_NAME}")
         path = path.parent
     if not path.exists():
         if checkpoint not in PUBLISHED_RESOLUTION:

@@ -129,6 +129,14 @@ def read_pickle(path: Path, trust_pickle: bool) -> dict:
         raise UserError(f"{path} not found") from None
     except UserError:
         raise
+    except (EOFError, pickle.UnpicklingError) as exc:
+        if isinstance(exc, EOFError) or "truncated" in str(exc):
+            raise UserError(
+                f"{path} is truncated or damaged ({exc or 'EOF'}); download or copy it again"
+            ) from None
+        raise UserError(
+            f"cannot read {path} as an NVIDIA network pickle: {type(exc).__name__}: {exc}"
+        ) from None
     except Exception as exc:  # a damaged or foreign file
         raise UserError(
             f"cannot read {path} as an NVIDIA network pickle: {type(exc).__name__}: {exc}"
@@ -228,11 +236,18 @@ def _square(value: Any, what: str) -> int:
     return sizes[0]
 
 
+def _padding(value: Any) -> tuple[int, int, int, int]:
+    x0, x1, y0, y1 = (int(p) for p in value)
+    return x0, x1, y0, y1
+
+
 def stylegan3_config(G: PersistentRecord, state: dict[str, torch.Tensor]):
     """A StyleGAN3's layer plan, copied from its layers' own attributes (nothing recomputed)."""
     from clusterguide.generators.stylegan3_net import SG3Layer, StyleGAN3Config
 
     synthesis, mapping = G.child("synthesis"), G.child("mapping")
+    if synthesis is None or mapping is None:
+        raise UserError("the generator does not have StyleGAN3's layout (synthesis, mapping)")
     inp, fc0 = synthesis.child("input"), mapping.child("fc0")
     if inp is None or fc0 is None:
         raise UserError("the generator does not have StyleGAN3's layout (synthesis.input, mapping.fc0)")
@@ -253,7 +268,7 @@ def stylegan3_config(G: PersistentRecord, state: dict[str, torch.Tensor]):
                 conv_kernel=int(rec.attr("conv_kernel")),
                 up_factor=int(rec.attr("up_factor")),
                 down_factor=int(rec.attr("down_factor")),
-                padding=tuple(int(p) for p in rec.attr("padding")),
+                padding=_padding(rec.attr("padding")),
                 conv_clamp=None if clamp is None else float(clamp),
                 up_taps=int(rec.attr("up_taps")),
                 down_taps=int(rec.attr("down_taps")),

@@ -16,7 +16,12 @@ from torch import nn
 
 from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter
-from clusterguide.generators.checkpoints import load_state_dict_strict, sha256_file
+from clusterguide.generators.checkpoints import (
+    check_family,
+    load_state_dict_strict,
+    load_weights_only,
+    sha256_file,
+)
 
 WEIGHTS_PACKAGE = "gan_face_generate"
 WEIGHTS_FILE = "weights.tar"
@@ -72,18 +77,23 @@ class DCGANAdapter(GeneratorAdapter):
         super().__init__()
         self.net = (net or DCGAN()).eval()
         self.weights_id = weights_id
-        self.latent_dim = self.net.main[0].in_channels
+        first = self.net.main[0]
+        assert isinstance(first, nn.ConvTranspose2d)
+        self.latent_dim = first.in_channels
         self.image_size = 4 * 2 ** (len(self._BLOCKS))
 
     @classmethod
     def pretrained(cls, checkpoint: str | None = None) -> DCGANAdapter:
-        path = Path(checkpoint) if checkpoint else find_weights()
+        from clusterguide.generators import hub
+
+        if hub.is_hub(checkpoint):
+            path = hub.fetch(str(checkpoint))
+        else:
+            path = Path(checkpoint) if checkpoint else find_weights()
         if not path.is_file():
             raise UserError(f"checkpoint {path} not found")
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserError(f"cannot read DCGAN checkpoint {path}: {exc}") from None
+        blob = load_weights_only(path, "DCGAN checkpoint")
+        check_family(blob, "digiface-dcgan", path)
         state = blob.get(WEIGHTS_KEY, blob) if isinstance(blob, dict) else None
         if not isinstance(state, dict):
             raise UserError(f"{path} holds no {WEIGHTS_KEY!r} state dict")

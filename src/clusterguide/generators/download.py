@@ -206,6 +206,7 @@ def fetch(entry: Published, root: Path | None = None, timeout: float = TIMEOUT_S
         if recorded is None and entry.sha256 is None:
             record_sha256(path, digest)  # a file copied in by hand: trust it from now on
         return path
+    created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -214,11 +215,18 @@ def fetch(entry: Published, root: Path | None = None, timeout: float = TIMEOUT_S
     try:
         digest = _download(entry, tmp, timeout, path)
         _verify(entry, f"the download of {entry.url}", digest, None)
+        os.replace(tmp, path)
         if entry.sha256 is None:
             record_sha256(path, digest)
-        os.replace(tmp, path)
-    finally:
+    except BaseException:
+        # a failed download leaves nothing behind: not the file, nor the folders made for it
         tmp.unlink(missing_ok=True)
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     return path
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,12 @@ from torch import nn
 
 from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter, LayerInfo, published_random
-from clusterguide.generators.checkpoints import load_state_dict_strict, load_weights_only, sha256_file
+from clusterguide.generators.checkpoints import (
+    check_family,
+    load_state_dict_strict,
+    load_weights_only,
+    sha256_file,
+)
 from clusterguide.generators.registry import register
 
 # Channel depth per scale of pytorch_GAN_zoo's standard PGAN configuration (pgan_config.py).
@@ -120,7 +126,7 @@ class PGANGenerator(nn.Module):
         """From the end of scale ``start`` to the end of scale ``stop``."""
         for group in self.scaleLayers[start:stop]:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
-            for conv in group:
+            for conv in cast(nn.ModuleList, group):
                 x = self._act(conv(x))
         return x
 
@@ -191,6 +197,7 @@ _CONFIG_GLOBALS = [(_BaseConfigStandIn, "models.utils.config.BaseConfig")]
 def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config fields, generator state dict) of a pytorch_GAN_zoo checkpoint, read with weights_only."""
     blob = load_weights_only(path, "PGAN checkpoint", _CONFIG_GLOBALS)
+    check_family(blob, "pgan", path)
     if not isinstance(blob, dict):
         raise UserError(f"{path} is not a pytorch_GAN_zoo checkpoint (expected a dict with 'netG')")
     state = blob.get("avgG") or blob.get("netG")
@@ -274,9 +281,10 @@ DEFAULT_CHECKPOINT = "celebAHQ-256"
 
 
 def load(checkpoint: str | None = None, seed: int | str = 0) -> PGANAdapter:
-    """``checkpoint``: a .pth file, a published name (downloaded once), or ``random:<name>`` for the
+    """``checkpoint``: a .pth file, a published name (downloaded once), ``hf:OWNER/REPO/FILE[@REV]``
+    (the Hugging Face Hub), or ``random:<name>`` for the
     published architecture with seeded random weights (standard depths; for dry runs and tests)."""
-    from clusterguide.generators import download
+    from clusterguide.generators import download, hub
 
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
     if checkpoint.startswith("random:"):
@@ -285,7 +293,7 @@ def load(checkpoint: str | None = None, seed: int | str = 0) -> PGANAdapter:
             random_generator(PGANConfig.standard(res), int(seed)), f"{checkpoint}-seed{seed}"
         )
         return adapter
-    path = Path(checkpoint).expanduser()
+    path = hub.fetch(checkpoint) if hub.is_hub(checkpoint) else Path(checkpoint).expanduser()
     if not path.exists():
         entry = download.lookup("pgan", checkpoint)
         if entry is None:

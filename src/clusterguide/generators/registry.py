@@ -72,7 +72,7 @@ def load_generator(
         if unknown:
             raise UserError(f"generator {spec.name!r} takes no option(s) {', '.join(sorted(unknown))}")
         adapter = family.loader(spec.checkpoint, **spec.options)
-    adapter.spec = spec  # type: ignore[attr-defined]
+    adapter.spec = spec
     adapter.requires_grad_(False)
     return adapter.eval().to(resolve_device(device))
 
@@ -129,8 +129,9 @@ def _tiny_dcgan(seed: int) -> GeneratorAdapter:
         # Random BN statistics so that the layers carry some structure worth clustering.
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
+                if m.running_mean is not None and m.running_var is not None:
+                    m.running_mean.normal_(0, 0.1)
+                    m.running_var.uniform_(0.5, 1.5)
     adapter = DCGANAdapter(net, weights_id=f"tiny-random-seed{seed}")
     adapter.name = "tiny-dcgan"
     return adapter

@@ -3,7 +3,8 @@ stylegan3), reimplemented in plain torch and loaded from converted checkpoints.
 
 NVIDIA publishes pickles that run code when opened; :mod:`clusterguide.generators.convert` turns one
 into ``config.json`` + ``model.safetensors`` once, when the user says the file is trusted. This
-module only ever reads that folder, strictly: every key and shape of ``G_ema``'s state dict is
+module reads that folder, or a rosinality/stylegan2-pytorch ``.pt`` (translated into the same
+layout by :mod:`rosinality`), strictly: every key and shape of ``G_ema``'s state dict is
 checked (``mapping.fc0.weight``, ``mapping.w_avg``, ``synthesis.b4.const``,
 ``synthesis.b8.conv0.affine.weight``, ``synthesis.b8.conv0.noise_const``, ``synthesis.b8.torgb.weight``,
 ...; for StyleGAN3 ``synthesis.input.freqs``, ``synthesis.L3_52_512.up_filter``, ...).
@@ -34,6 +35,7 @@ from torch import nn
 from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter, LayerInfo, number_option
 from clusterguide.generators.checkpoints import load_state_dict_strict
+from clusterguide.generators.hub import HubFile
 from clusterguide.generators.registry import register
 from clusterguide.generators.stylegan2_net import StyleGAN2Config, StyleGAN2Generator, random_generator
 from clusterguide.generators.stylegan3_net import StyleGAN3Config, StyleGAN3Generator, random_generator_sg3
@@ -80,8 +82,7 @@ class StyleGAN2Adapter(GeneratorAdapter):
         if not 0 <= label < self.num_classes:
             raise UserError(f"--class must be in 0..{self.num_classes - 1} for this StyleGAN2 (got {label})")
         out = StyleGAN2Adapter(self.net, self.weights_id, self.latent_space, self.truncation, label)
-        if hasattr(self, "spec"):
-            out.spec = self.spec  # type: ignore[attr-defined]
+        out.spec = self.spec
         return out.train(self.training)
 
     def _c(self, n: int, device: torch.device) -> torch.Tensor | None:
@@ -149,6 +150,8 @@ def load_converted(folder: Path, latent_space: str = "z", truncation: float = 1.
     """Load a folder written by ``clusterguide convert stylegan2``."""
     from clusterguide.artifacts import load_tensors, read_json, sha256
 
+    if (folder / "pytorch_model.bin").is_file():
+        raise UserError(f"{folder} is a BigGAN checkpoint folder: use --generator biggan")
     meta = read_json(folder / CONFIG_NAME)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{folder / CONFIG_NAME} is not a converted StyleGAN2 checkpoint (format {FORMAT!r})")
@@ -163,6 +166,21 @@ def load_converted(folder: Path, latent_space: str = "z", truncation: float = 1.
     state = load_tensors(weights, expected)
     load_state_dict_strict(net, state, str(weights))
     return StyleGAN2Adapter(net, expected or sha256(weights), latent_space, truncation)
+
+
+def load_file(path: Path, latent_space: str = "z", truncation: float = 1.0) -> StyleGAN2Adapter:
+    """A single checkpoint file: rosinality's ``.pt`` is read directly; NVIDIA's pickles must be
+    converted first (their refusal by the weights-only reader says how)."""
+    from clusterguide.generators import rosinality
+    from clusterguide.generators.checkpoints import sha256_file
+
+    net = rosinality.load_network(path)
+    return StyleGAN2Adapter(net, sha256_file(path), latent_space, truncation)
+
+
+def hub_converted_name(ref: HubFile) -> str:
+    """Where under the converted-checkpoint cache a pickle from the Hub goes."""
+    return f"hf/{ref.repo_id}/{ref.filename}" + (f"@{ref.revision}" if ref.revision else "")
 
 
 def converted_dir(name: str) -> Path:
@@ -209,9 +227,11 @@ DEFAULT_CHECKPOINT = "ffhq"
 def load(
     checkpoint: str | None = None, latent_space: str = "z", truncation: float | str = 1.0, seed: int | str = 0
 ) -> StyleGAN2Adapter:
-    """``checkpoint``: a converted folder, a published name converted before (see
-    ``clusterguide convert``), or ``random:<name>`` for that architecture with random weights."""
-    from clusterguide.generators import download
+    """``checkpoint``: a converted folder, a rosinality ``.pt`` file, a published name converted
+    before (see ``clusterguide convert``), ``hf:OWNER/REPO/FILE[@REV]`` (the Hugging Face Hub: a
+    ``.pt``, a converted folder's file, or a ``.pkl`` converted before), or ``random:<name>`` for
+    that architecture with random weights."""
+    from clusterguide.generators import download, hub
 
     psi = number_option("truncation", truncation)
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
@@ -227,16 +247,25 @@ def load(
             else random_generator(cfg, int(seed))
         )
         return StyleGAN2Adapter(net, f"{checkpoint}-seed{seed}", latent_space, psi)
-    path = Path(checkpoint).expanduser()
+    if hub.is_hub(checkpoint):
+        ref = hub.parse(checkpoint)
+        if ref.filename.endswith(".pkl"):  # NVIDIA's pickles are converted once, like published names
+            folder = converted_dir(hub_converted_name(ref))
+            if not (folder / CONFIG_NAME).is_file():
+                raise UserError(
+                    f"StyleGAN2 {checkpoint} is not converted yet: run `clusterguide convert stylegan2 "
+                    f"{checkpoint} --trust-pickle` once (it downloads the pickle)"
+                )
+            return load_converted(folder, latent_space, psi)
+        path = hub.fetch(checkpoint, companions=(CONFIG_NAME, WEIGHTS_NAME))
+    else:
+        path = Path(checkpoint).expanduser()
     if path.is_file() and path.name == CONFIG_NAME:
         path = path.parent
     if path.is_dir():
         return load_converted(path, latent_space, psi)
     if path.is_file():
-        raise UserError(
-            f"{path} is not a converted checkpoint; convert it once with "
-            f"`clusterguide convert stylegan2 {path} --trust-pickle --out DIR` and pass DIR"
-        )
+        return load_file(path, latent_space, psi)
     if download.lookup("stylegan2", checkpoint) is None:
         names = ", ".join(download.published("stylegan2"))
         raise UserError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -90,8 +91,33 @@ class StyleGAN2Config:
 # ---- layers (parameter names as in NVIDIA's G_ema) ------------------------------------------------
 
 
+class MappingConfig(Protocol):
+    """The fields the mapping network reads (StyleGAN2Config and StyleGAN3Config both have them)."""
+
+    @property
+    def z_dim(self) -> int: ...
+    @property
+    def c_dim(self) -> int: ...
+    @property
+    def w_dim(self) -> int: ...
+    @property
+    def mapping_layers(self) -> int: ...
+    @property
+    def mapping_lr_multiplier(self) -> float: ...
+    @property
+    def mapping_activation(self) -> str: ...
+    @property
+    def embed_features(self) -> int | None: ...
+    @property
+    def layer_features(self) -> int | None: ...
+    @property
+    def has_w_avg(self) -> bool: ...
+
+
 class MappingNetwork(nn.Module):
-    def __init__(self, cfg: StyleGAN2Config) -> None:
+    w_avg: torch.Tensor
+
+    def __init__(self, cfg: MappingConfig) -> None:
         super().__init__()
         self.c_dim, self.z_dim = cfg.c_dim, cfg.z_dim
         embed = (cfg.embed_features or cfg.w_dim) if cfg.c_dim else 0
@@ -130,6 +156,9 @@ class MappingNetwork(nn.Module):
 
 
 class SynthesisLayer(nn.Module):
+    resample_filter: torch.Tensor
+    noise_const: torch.Tensor
+
     def __init__(self, c_in: int, c_out: int, cfg: StyleGAN2Config, resolution: int, up: int = 1) -> None:
         super().__init__()
         self.up, self.resolution = up, resolution
@@ -168,6 +197,8 @@ class ToRGBLayer(nn.Module):
 class Conv2dLayer(nn.Module):
     """The 1x1 upsampling shortcut of the 'resnet' architecture (no bias, no clamp)."""
 
+    resample_filter: torch.Tensor
+
     def __init__(self, c_in: int, c_out: int, cfg: StyleGAN2Config) -> None:
         super().__init__()
         self.register_buffer("resample_filter", make_filter(cfg.resample_filter))
@@ -180,6 +211,8 @@ class Conv2dLayer(nn.Module):
 
 
 class SynthesisBlock(nn.Module):
+    resample_filter: torch.Tensor
+
     def __init__(self, c_in: int, c_out: int, cfg: StyleGAN2Config, resolution: int, is_last: bool) -> None:
         super().__init__()
         self.c_in, self.resolution, self.architecture = c_in, resolution, cfg.architecture

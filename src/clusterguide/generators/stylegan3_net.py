@@ -178,6 +178,10 @@ class StyleGAN3Config:
 class SynthesisInput(nn.Module):
     """Fourier features of the output grid, rotated and translated by an affine function of w."""
 
+    transform: torch.Tensor
+    freqs: torch.Tensor
+    phases: torch.Tensor
+
     def __init__(self, cfg: StyleGAN3Config) -> None:
         super().__init__()
         c = cfg.input_channels
@@ -242,6 +246,10 @@ def _modulated_conv2d_sg3(
 
 
 class SG3SynthesisLayer(nn.Module):
+    magnitude_ema: torch.Tensor
+    up_filter: torch.Tensor | None
+    down_filter: torch.Tensor | None
+
     def __init__(self, spec: SG3Layer, w_dim: int) -> None:
         super().__init__()
         self.spec = spec
@@ -292,7 +300,7 @@ class StyleGAN3Generator(nn.Module):
         super().__init__()
         self.config = cfg
         self.synthesis = SG3SynthesisNetwork(cfg)
-        self.mapping = MappingNetwork(cfg)  # type: ignore[arg-type]  (same fields)
+        self.mapping = MappingNetwork(cfg)
 
     def _layers(self, start: int, stop: int | None = None) -> list[SG3SynthesisLayer]:
         return [getattr(self.synthesis, name) for name in self.synthesis.layer_names[start:stop]]
@@ -354,6 +362,7 @@ def random_generator_sg3(cfg: StyleGAN3Config, seed: int = 0) -> StyleGAN3Genera
         inp.phases.copy_(torch.rand(cfg.input_channels) - 0.5)
         with torch.no_grad():
             inp.affine.weight.zero_()
+            assert inp.affine.bias is not None
             inp.affine.bias.copy_(torch.tensor([1.0, 0, 0, 0]))
         for name in net.synthesis.layer_names:
             layer = getattr(net.synthesis, name)
