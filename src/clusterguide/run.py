@@ -104,11 +104,13 @@ class Run:
     def save(self, run_dir: str | Path, overwrite: bool = False, keep_other_files: bool = False) -> Path:
         """Write the whole folder atomically (staged under a temporary name, then renamed).
 
+        ``overwrite=True`` replaces an existing run folder (never a folder of other files).
+
         ``keep_other_files`` carries over files a user put in an existing folder (an overview
         picture, samples): updating a run in place (refine) must not delete them.
         """
         run_dir = Path(run_dir)
-        with artifacts.staged_dir(run_dir, overwrite=overwrite) as stage:
+        with artifacts.staged_dir(run_dir, overwrite=overwrite, kind=artifacts.FORMAT) as stage:
             if keep_other_files and run_dir.is_dir():
                 _carry_other_files(run_dir, stage)
             cluster_sha = artifacts.save_tensors(

@@ -71,13 +71,15 @@ def fit(
     force,
 ):
     """Cluster a generator's representations and learn a mapping per cluster."""
+    from clusterguide.artifacts import FORMAT, check_folder_target
     from clusterguide.fit import fit_run
     from clusterguide.mapping import MappingConfig
     from clusterguide.run import FitConfig
 
     out_dir = Path(out)
-    if out_dir.exists() and not force:
+    if (out_dir.exists() or out_dir.is_symlink()) and not force:
         raise UserError(f"{out_dir} already exists (pass --force to replace it)")
+    check_folder_target(out_dir, overwrite=True, kind=FORMAT)  # before minutes of work, not after
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs must be at least 1 (got {epochs})")
     spec = GeneratorSpec(generator, checkpoint, family_options(latent_space, truncation))

@@ -1,0 +1,177 @@
+"""Reliability (issue 14): nothing a user points clusterguide at is lost, a killed save is cleaned up
+by the next one, and every mistake is one line with exit code 2 -- in the processes that make them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from clusterguide import artifacts
+from clusterguide.cli import main
+from clusterguide.errors import UserError
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+FIT = ["fit", "--generator", "tiny-dcgan", "--layer", "block1", "--samples", "300", "--epochs", "1", "-q"]
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(capsys, *args, match: str) -> str:
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], err
+    return lines[0]
+
+
+def cli_process(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    """The real command in its own process (signals and crashes are a process's behaviour)."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "clusterguide", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+# ---- 1. --force replaces a run folder and nothing else -------------------------------------------
+def test_force_refuses_a_folder_of_other_files(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "sub" / "notes.txt").write_text("hi")
+    assert_user_error(
+        capsys, *FIT, "--clusters", "2", "--out", mine, "--force", match="not a clusterguide run"
+    )
+    assert (mine / "sub" / "notes.txt").read_text() == "hi"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_force_refuses_a_file_and_the_current_folder(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file.txt").write_text("keep")
+    assert_user_error(
+        capsys, *FIT, "--clusters", "2", "--out", tmp_path / "file.txt", "--force", match="not a folder"
+    )
+    assert (tmp_path / "file.txt").read_text() == "keep"
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(capsys, *FIT, "--clusters", "2", "--out", ".", "--force", match="refusing to replace")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # no .file.txt.old-* either
+
+
+def test_force_replaces_a_run_folder(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, *FIT, "--clusters", "2", "--out", run_dir)
+    assert code == 0, err
+    (run_dir / "overview.png").write_text("made by the user")
+    code, _, err = run_cli(capsys, *FIT, "--clusters", "3", "--out", run_dir, "--force")
+    assert code == 0, err
+    assert artifacts.read_json(run_dir / "config.json")["fit"]["clusters"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_python_save_names_the_python_argument(tiny_run, tmp_path):
+    _, run = tiny_run
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    with pytest.raises(UserError, match="overwrite=True") as info:
+        run.save(tmp_path / "taken")
+    assert "--force" not in str(info.value)
+    with pytest.raises(UserError, match="not a clusterguide run folder"):
+        run.save(tmp_path / "taken", overwrite=True)
+    assert (tmp_path / "taken" / "x").read_text() == "x"
+
+
+# ---- 5. fail fast, clean up after yourself -------------------------------------------------------
+def test_unwritable_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import clusterguide.fit
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("fit started before --out was checked")
+
+    monkeypatch.setattr(clusterguide.fit, "fit_run", no_work)
+    (tmp_path / "file").write_text("x")
+    assert_user_error(
+        capsys, *FIT, "--clusters", "2", "--out", tmp_path / "file" / "run", match="not a folder"
+    )
+    # /sys refuses new folders even to root, where permission bits would say "writable"
+    assert_user_error(capsys, *FIT, "--clusters", "2", "--out", "/sys/clusterguide-run", match="not writable")
+
+
+KILLED_SAVE = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from conftest import fit_tiny
+from clusterguide import artifacts
+
+real = artifacts.write_json
+
+def slow_write(path, data):
+    if Path(path).name == "config.json":  # the last file of the folder: the save is almost done
+        Path({marker!r}).write_text("saving")
+        time.sleep(60)
+    return real(path, data)
+
+artifacts.write_json = slow_write
+fit_tiny({out!r}, k=2, samples=300, epochs=1)
+"""
+
+
+def test_a_save_killed_midway_is_cleaned_up_by_the_next(tmp_path, tiny_run):
+    _, run = tiny_run
+    marker = tmp_path / "marker"
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    script = KILLED_SAVE.format(tests=str(Path(__file__).parent), marker=str(marker), out=str(parent / "a"))
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the writer ended before its save"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = [p.name for p in parent.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".a.tmp-"), left  # what SIGKILL leaves behind
+    run.save(parent / "b")
+    assert sorted(p.name for p in parent.iterdir()) == ["b"]
+
+
+def test_a_living_writers_stage_is_left_alone(tmp_path, tiny_run):
+    _, run = tiny_run
+    busy = artifacts._leftover_name(tmp_path / "a", "tmp")  # this process: alive
+    busy.mkdir()
+    run.save(tmp_path / "b")
+    assert busy.is_dir()
+
+
+def test_a_replaced_folder_whose_target_vanished_is_moved_back(tmp_path):
+    target = tmp_path / "run"
+    old = artifacts._leftover_name(target, "old")
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = old.with_name(old.name.replace(f"-{os.getpid()}-", f"-{int(dead.stdout)}-"))
+    old.rename(stale)
+    artifacts.remove_stale_stages(tmp_path)
+    assert (target / "config.json").is_file() and not stale.exists()
