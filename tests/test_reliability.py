@@ -175,3 +175,21 @@ def test_a_replaced_folder_whose_target_vanished_is_moved_back(tmp_path):
     old.rename(stale)
     artifacts.remove_stale_stages(tmp_path)
     assert (target / "config.json").is_file() and not stale.exists()
+
+
+# ---- 7. files respect the umask ------------------------------------------------------------------
+def test_files_and_folders_follow_the_umask(tiny_run, tmp_path, capsys):
+    _, run = tiny_run
+    old = os.umask(0o022)
+    try:
+        run.save(tmp_path / "shared")
+        artifacts.write_json(tmp_path / "x.json", {"a": 1})
+        code, _, err = run_cli(
+            capsys, "grid", tmp_path / "shared", "--out", tmp_path / "g.png", "--per-cluster", "1"
+        )
+        assert code == 0, err
+    finally:
+        os.umask(old)
+    for path in [*(tmp_path / "shared").iterdir(), tmp_path / "x.json", tmp_path / "g.png"]:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o755

@@ -46,11 +46,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    # Not mkstemp: its files are 0600 and would stay so after the rename. Created with 0666, the
+    # file gets the permissions the user's umask gives any new file, so runs can be shared.
+    while True:
+        tmp_path = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    mode = tmp_path.stat().st_mode & 0o777
     try:
         yield tmp_path
+        os.chmod(tmp_path, mode)  # writers that replace the file (safetensors) leave theirs at 0600
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -185,7 +195,8 @@ def remove_stale_stages(parent: str | Path) -> list[Path]:
     A replaced folder (``.NAME.old-*``) whose target is missing is the only copy left (the writer
     died between its two renames): it is moved back instead.
     """
-    parent, host, removed = Path(parent), _host_tag(), []
+    parent, host = Path(parent), _host_tag()
+    removed: list[Path] = []
     try:
         entries = list(parent.iterdir())
     except OSError:
