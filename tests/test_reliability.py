@@ -193,3 +193,129 @@ def test_files_and_folders_follow_the_umask(tiny_run, tmp_path, capsys):
     for path in [*(tmp_path / "shared").iterdir(), tmp_path / "x.json", tmp_path / "g.png"]:
         assert path.stat().st_mode & 0o777 == 0o644, path
     assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o755
+
+
+# ---- 2. every number is checked where it enters --------------------------------------------------
+def test_pool_zero_is_one_line_not_a_crash_in_faiss(tmp_path):
+    # before: SIGFPE inside FAISS (exit 136, no message) -- only a real process shows that
+    done = cli_process(*FIT, "--clusters", "2", "--pool", "0", "--out", tmp_path / "run")
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.strip().splitlines() == ["error: --pool must be at least 1 (got 0)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pool_larger_than_the_maps_is_refused(tmp_path, capsys):
+    # tiny-dcgan's block1 maps are 4x4: a larger --pool used to be ignored without a word
+    assert_user_error(capsys, *FIT, "--clusters", "2", "--pool", "64", "--out", tmp_path / "r", match="4x4")
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ([*FIT, "--clusters", "2", "--pool", "-1"], "--pool must be at least 1 (got -1)"),
+        ([*FIT, "--clusters", "2", "--epochs", "0"], "--epochs must be at least 1"),
+        ([*FIT, "--clusters", "2", "--samples", str(10**12)], "--samples must be at most"),
+        ([*FIT, "--clusters", "2", "--class", "-1"], "--class must be at least 0"),
+        ([*FIT, "--clusters", "2", "--truncation", "nan"], "--truncation must be a finite number"),
+        ([*FIT, "--clusters", "2", "--seed", str(2**70)], "--seed must be at most 4294967295"),
+        ([*FIT, "--clusters", "2", "--seed", "-1"], "--seed must be at least 0"),
+        (
+            ["choose-k", "--generator", "tiny-dcgan", "--layer", "block1", "--k-range", "2..99999999999999"],
+            "--k-range",
+        ),
+        (["choose-k", "--generator", "tiny-dcgan", "--layer", "block1", "--pool", "0"], "--pool must be"),
+        (
+            [
+                "choose-k",
+                "--generator",
+                "tiny-dcgan",
+                "--layer",
+                "block1",
+                "--silhouette-samples",
+                "10000000",
+            ],
+            "--silhouette-samples must be at most",
+        ),
+    ],
+)
+def test_bad_numbers_before_any_work(tmp_path, capsys, args, match):
+    assert_user_error(
+        capsys, *args, "--out", tmp_path / "out.png" if "choose-k" in args else tmp_path / "r", match=match
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (
+            ["sample", "{run}", "--cluster", "0", "--seed", str(2**64 - 1), "--out", "{tmp}/x"],
+            "--seed must be at most",
+        ),
+        (
+            ["sample", "{run}", "--cluster", "0", "--batch-size", "0", "--out", "{tmp}/x"],
+            "--batch-size must be at least 1",
+        ),
+        (["sample", "{run}", "--cluster", "0", "-n", str(10**9), "--out", "{tmp}/x"], "-n must be at most"),
+        (["grid", "{run}", "--per-cluster", "0", "--out", "{tmp}/g.png"], "--per-cluster must be at least 1"),
+        (["grid", "{run}", "--seed", "-5", "--out", "{tmp}/g.png"], "--seed must be at least 0"),
+        (
+            ["refine", "{run}", "--cluster", "0", "--layer", "block2", "--clusters", "2", "--max-draws", "0"],
+            "--max-draws must be at least 1",
+        ),
+        (
+            [
+                "refine",
+                "{run}",
+                "--cluster",
+                "0",
+                "--layer",
+                "block2",
+                "--clusters",
+                "2",
+                "--seed",
+                str(2**40),
+            ],
+            "--seed must be at most",
+        ),
+        (
+            ["evaluate", "{run}", "--probe", "image", "--steps", "2,nan"],
+            "--steps takes 1 to 100 finite numbers",
+        ),
+        (["evaluate", "{run}", "--probe", "image", "--components", "0"], "--components must be at least 1"),
+        (
+            ["report", "{run}", "--probe", "image", "--per-row", "0", "--out", "{tmp}/r.html"],
+            "--per-row must be at least 1",
+        ),
+        (["serve", "{run}", "--port", "70000"], "70000"),
+    ],
+)
+def test_bad_numbers_of_run_commands(tiny_run, tmp_path, capsys, args, match):
+    run_dir, _ = tiny_run
+    before = sorted(p.name for p in run_dir.iterdir())
+    filled = [a.format(run=run_dir, tmp=tmp_path) for a in args]
+    assert_user_error(capsys, *filled, match=match)
+    assert list(tmp_path.iterdir()) == [] and sorted(p.name for p in run_dir.iterdir()) == before
+
+
+# ---- 6. one seed range for the CLI, the API and the gallery --------------------------------------
+def test_layers_checks_its_numbers(capsys):
+    assert_user_error(capsys, "layers", "--generator", "tiny-dcgan", "--truncation", "inf", match="finite")
+
+
+def test_seeds_outside_the_range_are_refused_not_aliased(tiny_run):
+    # clusterguide.fit is also a module's name: once that module is imported, cg.fit is the module
+    from clusterguide.api import fit as api_fit
+    from clusterguide.sampler import ClusterSampler
+    from clusterguide.seeding import MAX_SEED
+    from clusterguide.web.server import MAX_SEED as GALLERY_MAX_SEED
+
+    assert GALLERY_MAX_SEED == MAX_SEED == 2**32 - 1
+    run_dir, _ = tiny_run
+    sampler = ClusterSampler.load(run_dir)
+    for seed in (-1, 2**64 - 1, 2**70, 1.5, True):
+        with pytest.raises(UserError, match="seed must be"):
+            sampler.sample("0", n=1, seed=seed)
+    with pytest.raises(UserError, match="seed must be"):
+        api_fit("tiny-dcgan", layer="block1", clusters=2, samples=100, seed=2**64, verbose=False)
+    assert sampler.sample("0", n=1, seed=MAX_SEED).images.shape[0] == 1

@@ -31,6 +31,7 @@ from clusterguide.errors import UserError
 from clusterguide.imaging import font as load_font
 from clusterguide.progress import progress
 
+MAX_K = 10_000  # as fit's --clusters
 WEAK_SILHOUETTE = 0.25  # below this Kaufman & Rousseeuw call a structure "not substantial"
 BLUE, RED = (40, 90, 170), (200, 30, 30)  # the curves; the recommended k
 
@@ -56,18 +57,22 @@ class KScan:
 def parse_k_range(text: str) -> list[int]:
     """``"2..12"`` (inclusive), ``"2-12"``, or a list ``"2,3,5,8"``."""
     t = str(text).replace(" ", "")
-    m = re.fullmatch(r"(\d+)(?:\.\.|-)(\d+)", t)
+    m = re.fullmatch(r"(\d{1,9})(?:\.\.|-)(\d{1,9})", t)
     if m:
         lo, hi = int(m.group(1)), int(m.group(2))
         if hi < lo:
             raise UserError(f"--k-range {text!r}: the end is below the start")
+        if hi > MAX_K:
+            raise UserError(f"--k-range {text!r}: k must be at most {MAX_K}")
         ks = list(range(lo, hi + 1))
-    elif re.fullmatch(r"\d+(,\d+)*", t):
+    elif re.fullmatch(r"\d{1,9}(,\d{1,9}){0,999}", t):
         ks = sorted(set(int(v) for v in t.split(",")))
     else:
         raise UserError(f"--k-range {text!r} must look like 2..12 or 2,4,8")
     if ks[0] < 2:
         raise UserError(f"--k-range {text!r}: k must be at least 2")
+    if ks[-1] > MAX_K or len(ks) > 1000:
+        raise UserError(f"--k-range {text!r}: at most 1000 values of k, each at most {MAX_K}")
     if len(ks) < 3:
         raise UserError(f"--k-range {text!r}: give at least 3 values of k to compare")
     return ks

@@ -25,7 +25,7 @@ from clusterguide.generators.registry import load_generator
 from clusterguide.imaging import to_uint8
 from clusterguide.mapping import draw_inputs
 from clusterguide.run import Run
-from clusterguide.seeding import BLOCK, derive_seed
+from clusterguide.seeding import BLOCK, check_seed, derive_seed
 
 METHODS = ("imle", "exact")
 
@@ -161,6 +161,7 @@ class ClusterSampler:
         """``n`` images of ``cluster`` (a path like ``"1/0"`` or a name). ``imle``: G(T_c(e));
         ``exact``: prior samples that fall in the cluster. Image i of a seed does not depend on
         ``n`` or ``batch_size``."""
+        check_seed(seed)
         if n < 1:
             raise UserError(f"-n must be at least 1 (got {n})")
         if method not in METHODS:
@@ -177,5 +178,6 @@ class ClusterSampler:
 
     def random(self, n: int, seed: int = 0, batch_size: int = 64) -> SampleOutput:
         """Plain G(z) with z from the prior, for comparison."""
+        check_seed(seed)
         z = self.generator.sample_latents(n, derive_seed(seed, "prior"))
         return SampleOutput(self.synthesize(z, batch_size), z.numpy().astype(np.float32), "", "prior", seed)

@@ -7,7 +7,21 @@ from pathlib import Path
 import click
 import numpy as np
 
-from clusterguide.cli.common import family_options, generator_options, output_file, quiet_option
+from clusterguide.cli.common import (
+    BATCH,
+    CLASS,
+    CLUSTERS,
+    EPOCHS,
+    IMAGES,
+    POOL,
+    SAMPLES,
+    SEED,
+    Whole,
+    family_options,
+    generator_options,
+    output_file,
+    quiet_option,
+)
 from clusterguide.display import metrics_table, table
 from clusterguide.errors import UserError
 from clusterguide.generators.registry import GeneratorSpec, load_generator
@@ -29,9 +43,9 @@ def layers(generator, checkpoint, latent_space, truncation, device):
 @click.command()
 @generator_options
 @click.option("--layer", required=True, help="Layer to cluster at (see `clusterguide layers`).")
-@click.option("--clusters", "k", type=int, required=True, help="Number of clusters K.")
-@click.option("--samples", type=int, default=20000, show_default=True, help="Prior latents N.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--clusters", "k", type=CLUSTERS, required=True, help="Number of clusters K.")
+@click.option("--samples", type=SAMPLES, default=20000, show_default=True, help="Prior latents N.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--mapping",
     "recipe",
@@ -40,15 +54,15 @@ def layers(generator, checkpoint, latent_space, truncation, device):
     show_default=True,
     help="Mapping recipe: the default, the previous full-space default, or Algorithm 1 as published.",
 )
-@click.option("--epochs", type=int, default=None, help="Mapping epochs (default: the recipe's).")
+@click.option("--epochs", type=EPOCHS, default=None, help="Mapping epochs (default: the recipe's).")
 @click.option(
     "--class",
     "class_label",
-    type=int,
+    type=CLASS,
     default=None,
     help="Class to cluster within (class-conditional generators: BigGAN, StyleGAN2 cifar10).",
 )
-@click.option("--pool", type=int, default=None, help="Average-pool feature maps to PxP before k-means.")
+@click.option("--pool", type=POOL, default=None, help="Average-pool feature maps to PxP before k-means.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--out", required=True, type=click.Path(), help="Run folder to create.")
 @click.option("--force", is_flag=True, help="Replace an existing run folder.")
@@ -109,13 +123,13 @@ def _sampler(run_dir: str, device: str, class_label: int | None):
 @click.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--cluster", required=True, help="Cluster path (e.g. 2 or 1/0) or name.")
-@click.option("-n", "n", type=int, default=16, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-n", "n", type=IMAGES, default=16, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--method", type=click.Choice(["imle", "exact"]), default="imle", show_default=True)
 @click.option(
-    "--class", "class_label", type=int, default=None, help="Sample another class (cross-class transfer)."
+    "--class", "class_label", type=CLASS, default=None, help="Sample another class (cross-class transfer)."
 )
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=BATCH, default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, help="FILE: writes FILE.png (grid) and FILE.npz (images, latents).")
 @quiet_option
@@ -147,10 +161,10 @@ def sample(run_dir, cluster, n, seed, method, class_label, batch_size, device, o
 @click.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--out", required=True, help="PNG file for the overview.")
-@click.option("--per-cluster", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--per-cluster", type=Whole(1, 256), default=8, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--method", type=click.Choice(["imle", "exact"]), default="imle", show_default=True)
-@click.option("--class", "class_label", type=int, default=None)
+@click.option("--class", "class_label", type=CLASS, default=None)
 @click.option("--device", default="cpu", show_default=True)
 @quiet_option
 def grid(run_dir, out, per_cluster, seed, method, class_label, device):

@@ -5,7 +5,20 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from clusterguide.cli.common import family_options, generator_options, output_file, quiet_option
+from clusterguide.cli.common import (
+    CLASS,
+    CLUSTERS,
+    EPOCHS,
+    MAX_DRAWS,
+    POOL,
+    SAMPLES,
+    SEED,
+    Whole,
+    family_options,
+    generator_options,
+    output_file,
+    quiet_option,
+)
 from clusterguide.errors import UserError
 from clusterguide.generators.registry import GeneratorSpec
 
@@ -23,15 +36,15 @@ GENERATOR_FLAGS = {
 @click.argument("run_dir", type=click.Path())
 @click.option("--cluster", required=True, help="Cluster to refine: a path (1 or 1/0) or a name.")
 @click.option("--layer", required=True, help="Layer to cluster its latents at (see `clusterguide layers`).")
-@click.option("--clusters", "k", type=int, required=True, help="Number of children K.")
+@click.option("--clusters", "k", type=CLUSTERS, required=True, help="Number of children K.")
 @click.option(
     "--samples",
-    type=int,
+    type=SAMPLES,
     default=5000,
     show_default=True,
     help="Latents of the cluster to collect and split.",
 )
-@click.option("--seed", type=int, default=None, help="Seed of the latents and k-means [default: the run's].")
+@click.option("--seed", type=SEED, default=None, help="Seed of the latents and k-means [default: the run's].")
 @click.option(
     "--mapping",
     "recipe",
@@ -39,10 +52,10 @@ GENERATOR_FLAGS = {
     default=None,
     help="Mapping recipe for the children (default: the run's).",
 )
-@click.option("--epochs", type=int, default=None, help="Mapping epochs (default: the run's).")
+@click.option("--epochs", type=EPOCHS, default=None, help="Mapping epochs (default: the run's).")
 @click.option(
     "--max-draws",
-    type=int,
+    type=Whole(1, MAX_DRAWS),
     default=2_000_000,
     show_default=True,
     help="Give up when this many prior samples hold too few latents of the cluster.",
@@ -108,23 +121,23 @@ def name(run_dir, cluster, new_name, clear):
 @generator_options
 @click.option("--layer", required=True, help="Layer to cluster at (see `clusterguide layers`).")
 @click.option("--k-range", "k_range", default="2..12", show_default=True, help="Values of k: 2..12 or 2,4,8.")
-@click.option("--samples", type=int, default=5000, show_default=True, help="Latents to cluster.")
+@click.option("--samples", type=SAMPLES, default=5000, show_default=True, help="Latents to cluster.")
 @click.option(
     "--silhouette-samples",
-    type=int,
+    type=Whole(2, 20_000),  # a dense distance matrix: 1.6 GB at the top
     default=2000,
     show_default=True,
     help="Subsample for the silhouette (pairwise distances).",
 )
 @click.option(
     "--eigengap-samples",
-    type=int,
+    type=Whole(2, 10_000),  # a dense eigendecomposition
     default=1000,
     show_default=True,
     help="Subsample for the affinity graph's spectrum.",
 )
-@click.option("--pool", type=int, default=None, help="Average-pool feature maps to PxP (as in fit).")
-@click.option("--class", "class_label", type=int, default=None, help="Class to cluster within (BigGAN).")
+@click.option("--pool", type=POOL, default=None, help="Average-pool feature maps to PxP (as in fit).")
+@click.option("--class", "class_label", type=CLASS, default=None, help="Class to cluster within (BigGAN).")
 @click.option(
     "--run",
     "run_dir",
@@ -133,7 +146,7 @@ def name(run_dir, cluster, new_name, clear):
     help="Choose k for refining a cluster of this run (with --cluster), with its generator.",
 )
 @click.option("--cluster", default=None, help="With --run: the cluster (path or name) to be refined.")
-@click.option("--seed", type=int, default=None, help="Seed of latents, k-means [default: 0, or the run's].")
+@click.option("--seed", type=SEED, default=None, help="Seed of latents, k-means [default: 0, or the run's].")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--out", required=True, help="PNG file for the plot.")
 @quiet_option

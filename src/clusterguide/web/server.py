@@ -44,7 +44,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from clusterguide import artifacts
+from clusterguide import artifacts, seeding
 from clusterguide.errors import NameTakenError, UserError
 from clusterguide.imaging import grid_image
 from clusterguide.run import Run, set_name
@@ -63,7 +63,7 @@ CONTENT_TYPES = {
 METHODS = ("imle", "exact")
 MAX_N = 64  # images per draw
 DEFAULT_N = 16
-MAX_SEED = 2**31 - 1  # stays an exact number in JavaScript
+MAX_SEED = seeding.MAX_SEED  # one range for the CLI, the API and the page (exact in JavaScript)
 MAX_BODY = 16 * 1024  # bytes of a POST body
 MAX_DRAIN = 1024 * 1024  # a refused body up to this size is read and dropped, so the client gets its 4xx
 MAX_CLUSTER_CHARS = 200

@@ -6,7 +6,7 @@ const $ = (sel, root = document) => root.querySelector(sel);
 
 const state = {
   run: null,
-  limits: { n_max: 64, n_default: 16, seed_max: 2147483647, name_max: 100 },
+  limits: { n_max: 64, n_default: 16, seed_max: 4294967295, name_max: 100 },
   cards: new Map(), // cluster path -> {el, cluster, shown: {method, seed, n} | null}
   queue: [], // {path, method, seed, n}
   busy: false,
