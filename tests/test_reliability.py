@@ -319,3 +319,91 @@ def test_seeds_outside_the_range_are_refused_not_aliased(tiny_run):
     with pytest.raises(UserError, match="seed must be"):
         api_fit("tiny-dcgan", layer="block1", clusters=2, samples=100, seed=2**64, verbose=False)
     assert sampler.sample("0", n=1, seed=MAX_SEED).images.shape[0] == 1
+
+
+# ---- 3. run files are checked field by field on load ---------------------------------------------
+def _copy_run(tiny_run, tmp_path) -> Path:
+    import shutil
+
+    run_dir, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def _edit_config(run_dir: Path, edit) -> None:
+    config = artifacts.read_json(run_dir / "config.json")
+    edit(config)
+    (run_dir / "config.json").write_text(__import__("json").dumps(config))
+
+
+@pytest.mark.parametrize(
+    "file, content, match",
+    [
+        ("names.json", "[]", "names.json must be a JSON object (got a list)"),
+        ("names.json", '{"0": 5}', "names.json: name of cluster 0 must be a string"),
+        ("names.json", '{"0": "a\\nb"}', "control characters"),
+        ("names.json", '{"../x": "a"}', "not a cluster path"),
+        ("metrics.json", "[]", "metrics.json must be a JSON object"),
+        ("metrics.json", '{"clusters": {}}', "metrics.json: clusters must be a JSON list"),
+        ("metrics.json", '{"clusters": [{"fidelity": 1}]}', "clusters.0.id"),
+    ],
+)
+def test_wrong_shaped_side_files_are_one_line(tiny_run, tmp_path, capsys, file, content, match):
+    copy = _copy_run(tiny_run, tmp_path)
+    (copy / file).write_text(content)
+    line = assert_user_error(capsys, "info", copy, match=match)
+    assert str(copy) in line
+    assert_user_error(
+        capsys, "sample", copy, "--cluster", "0", "-n", "1", "--out", tmp_path / "s", match=match
+    )
+    assert_user_error(capsys, "grid", copy, "--out", tmp_path / "g.png", match=match)
+    assert_user_error(capsys, "serve", copy, "--port", "0", match=match)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c["tree"].__setitem__("splits", []), "config.json: tree.splits must be a JSON object"),
+        (lambda c: c["tree"]["stats"].pop("1"), "config.json: tree.stats.1 must be a JSON object"),
+        (
+            lambda c: c["mappings"]["0"].__setitem__("width", 10**12),
+            "config.json: mappings.0.width must be at most",
+        ),
+        (
+            lambda c: c["mappings"]["0"].__setitem__("width", 32),
+            "fc1.weight is 64x16, config.json says 32x16",
+        ),
+        (
+            lambda c: c["fit"].__setitem__("samples", "many"),
+            "config.json: fit.samples must be a whole number",
+        ),
+        (
+            lambda c: c["mapping"].__setitem__("residual", "yes"),
+            "config.json: mapping.residual must be true or false",
+        ),
+        (lambda c: c.__setitem__("history", [{"event": "refine"}]), "config.json: history.0.cluster"),
+        (lambda c: c.__setitem__("generator", None), "config.json: generator must be a JSON object"),
+        (lambda c: c["tree"]["splits"].__setitem__("7", c["tree"]["splits"][""]), "not a child of any split"),
+    ],
+)
+def test_wrong_shaped_config_is_one_line(tiny_run, tmp_path, capsys, edit, match):
+    copy = _copy_run(tiny_run, tmp_path)
+    _edit_config(copy, edit)
+    assert_user_error(capsys, "info", copy, match=match)
+
+
+def test_a_config_from_a_newer_version_says_so(tiny_run, tmp_path, capsys):
+    import clusterguide
+
+    copy = _copy_run(tiny_run, tmp_path)
+
+    def newer(config):
+        config["version"] = "99.0.0"
+        config["fit"]["shiny_new_option"] = 1
+
+    _edit_config(copy, newer)
+    line = assert_user_error(capsys, "info", copy, match="written by clusterguide 99.0.0")
+    assert f"this is {clusterguide.__version__}" in line and "damaged" not in line
+    _edit_config(copy, lambda c: c.__setitem__("version", clusterguide.__version__))
+    assert "damaged" in assert_user_error(capsys, "info", copy, match="shiny_new_option")

@@ -47,7 +47,7 @@ import numpy as np
 from clusterguide import artifacts, seeding
 from clusterguide.errors import NameTakenError, UserError
 from clusterguide.imaging import grid_image
-from clusterguide.run import Run, set_name
+from clusterguide.run import Run, read_names, set_name
 
 LOG = logging.getLogger("clusterguide.web")
 
@@ -188,17 +188,11 @@ class Gallery:
         return replace(run, names=self._read_names(run.names))
 
     def _read_names(self, fallback: dict[str, str]) -> dict[str, str]:
-        path = self.run_dir / artifacts.NAMES
-        if not path.exists():
-            return {}
         try:
-            names = artifacts.read_json(path)
+            return read_names(self.run_dir)
         except UserError as exc:
             LOG.warning("%s; showing the names last read", exc)
             return dict(fallback)
-        if not isinstance(names, dict):
-            return dict(fallback)
-        return {str(k): str(v) for k, v in names.items()}
 
     def run_json(self) -> dict:
         run = self.run()
