@@ -407,3 +407,15 @@ def test_a_config_from_a_newer_version_says_so(tiny_run, tmp_path, capsys):
     assert f"this is {clusterguide.__version__}" in line and "damaged" not in line
     _edit_config(copy, lambda c: c.__setitem__("version", clusterguide.__version__))
     assert "damaged" in assert_user_error(capsys, "info", copy, match="shiny_new_option")
+
+
+# ---- 8. names without control characters ---------------------------------------------------------
+@pytest.mark.parametrize(
+    "bad", ["two\nlines", "tab\there", "\x1b[31mred", "bell\x07", "c1\x9bcode", "nul\x00"]
+)
+def test_control_characters_in_names_are_refused(tiny_run, tmp_path, capsys, bad):
+    copy = _copy_run(tiny_run, tmp_path)
+    assert_user_error(capsys, "name", copy, "0", bad, match="control characters")
+    assert artifacts.read_json(copy / "names.json") == {}
+    code, out, _ = run_cli(capsys, "name", copy, "0", "plain name")
+    assert code == 0 and artifacts.read_json(copy / "names.json") == {"0": "plain name"}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import clusterguide
-from clusterguide import artifacts, run_schema
+from clusterguide import artifacts, checks, run_schema
 from clusterguide.errors import NameTakenError, UserError
 from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.mapping import MappingConfig, MappingNetwork
@@ -299,7 +299,8 @@ _THREAD_LOCK = threading.Lock()
 def _set_name_locked(run_dir: Path, cluster: str, name: str) -> tuple[str, dict[str, str]]:
     run = Run.load(run_dir)
     path = run.resolve(cluster)
-    name = " ".join(str(name).split())
+    # newlines, tabs, escapes and other control characters would mangle every table that shows names
+    name = " ".join(checks.text(name, "a cluster name", control=False).split())
     if len(name) > 100:
         raise UserError("a cluster name is at most 100 characters")
     # Any path-shaped name, not only existing ones: a later refine could create that path.
