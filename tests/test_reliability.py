@@ -417,5 +417,5 @@ def test_control_characters_in_names_are_refused(tiny_run, tmp_path, capsys, bad
     copy = _copy_run(tiny_run, tmp_path)
     assert_user_error(capsys, "name", copy, "0", bad, match="control characters")
     assert artifacts.read_json(copy / "names.json") == {}
-    code, out, _ = run_cli(capsys, "name", copy, "0", "plain name")
+    code, _, _ = run_cli(capsys, "name", copy, "0", "plain name")
     assert code == 0 and artifacts.read_json(copy / "names.json") == {"0": "plain name"}
