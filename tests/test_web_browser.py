@@ -101,7 +101,7 @@ def page(browser, gallery, run_dir, console_errors):
 
 def open_gallery(page, gallery):
     srv, _ = gallery
-    page.goto(srv.url)
+    page.goto(srv.page_url)  # the address `clusterguide serve` prints, with the access token
     expect(page.locator(".card")).to_have_count(4)
     wait_idle(page)
 

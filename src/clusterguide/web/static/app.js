@@ -16,10 +16,14 @@ const state = {
 };
 
 // ---- API --------------------------------------------------------------------------------------
+// The server puts a CSRF token into the page when it was opened with its access token (the address
+// `clusterguide serve` prints); every POST sends it back. Without it the page can only show the run.
+const csrfToken = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+
 async function api(path, body) {
   const init = body === undefined ? {} : {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
     body: JSON.stringify(body),
   };
   const res = await fetch(path, init);
@@ -322,6 +326,14 @@ async function main() {
     `${fmtInt(run.samples)} prior samples · seed ${run.seed}`;
   const cards = $("#cards");
   cards.replaceChildren(...leaves.map(makeCard));
+  if (!csrfToken()) {
+    $("#run-meta").textContent =
+      "This page needs its access token to draw and name clusters: open the address " +
+      "`clusterguide serve` printed (it ends in ?token=…).";
+    document.body.classList.add("locked");
+    for (const el of document.querySelectorAll("button, input, select")) el.disabled = true;
+    return;
+  }
   drawAll();
 }
 
