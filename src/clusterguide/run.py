@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -276,13 +277,16 @@ def set_name(run_dir: str | Path, cluster: str, name: str) -> tuple[str, dict[st
 
     Returns the cluster path and all names. Names must be unique and must not look like a path.
     """
-    with _names_lock(Path(run_dir)):
+    with names_lock(Path(run_dir)):
         return _set_name_locked(Path(run_dir), cluster, name)
 
 
 @contextmanager
-def _names_lock(run_dir: Path):
-    """Serialise read-modify-write of names.json between processes and threads."""
+def names_lock(run_dir: Path) -> Iterator[None]:
+    """Serialise read-modify-write of a run folder's names.json between processes and threads.
+
+    Anything that rewrites the folder and must keep names given meanwhile (``refine``) holds it
+    while it reads names.json and replaces the folder."""
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist")
     with _THREAD_LOCK, open(run_dir / ".names.lock", "a") as handle:
@@ -294,6 +298,7 @@ def _names_lock(run_dir: Path):
 
 
 _THREAD_LOCK = threading.Lock()
+_names_lock = names_lock  # the old private name, for branches written before it was public
 
 
 def _set_name_locked(run_dir: Path, cluster: str, name: str) -> tuple[str, dict[str, str]]:

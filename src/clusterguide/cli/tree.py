@@ -173,18 +173,10 @@ def choose_k(
     """Plot the elbow, silhouette and eigengap over a range of k, and recommend one."""
     from clusterguide import choose_k as ck
     from clusterguide.display import table
-    from clusterguide.features import extract_features
     from clusterguide.imaging import save_image
 
     path = output_file(out, (".png",))
     ks = ck.parse_k_range(k_range)
-    for flag, value in (
-        ("--samples", samples),
-        ("--silhouette-samples", silhouette_samples),
-        ("--eigengap-samples", eigengap_samples),
-    ):
-        if value <= ks[-1]:
-            raise UserError(f"{flag} {value} must be larger than the largest k ({ks[-1]})")
     if (run_dir is None) != (cluster is None):
         raise UserError("--run and --cluster go together")
     if run_dir is not None:
@@ -195,28 +187,24 @@ def choose_k(
         ]
         if given:
             raise UserError(f"with --run the run's generator is used; drop {', '.join(given)}")
-        latents, G, where, pool, seed = _cluster_latents(run_dir, cluster, layer, samples, seed, device, pool)
-    else:
-        from clusterguide.fit import sample_prior
-        from clusterguide.generators.registry import load_generator
-
-        spec = GeneratorSpec(generator, checkpoint, family_options(latent_space, truncation))
-        G = load_generator(spec, device=device).conditioned(class_label)
-        G.check_layer(layer)
-        seed = 0 if seed is None else seed
-        latents, where = sample_prior(G, samples, seed), G.name
-    G.check_layer(layer)
-    feats = extract_features(G, layer, latents, pool=pool)
-    scan = ck.scan_k(
-        feats,
+    found = ck.choose_k(
+        layer,
         ks,
-        seed=seed,
+        generator=None
+        if run_dir is not None
+        else GeneratorSpec(generator, checkpoint, family_options(latent_space, truncation)),
+        class_label=class_label,
+        run_dir=run_dir,
+        cluster=cluster,
+        samples=samples,
         silhouette_samples=silhouette_samples,
         eigengap_samples=eigengap_samples,
-        gpu=G.device.type == "cuda",
+        seed=seed,
+        pool=pool,
+        device=device,
     )
-    title = f"choosing k: {where} @ {layer}, {scan.samples} samples"
-    save_image(ck.plot_scan(scan, title), path)
+    scan = found.scan
+    save_image(ck.plot_scan(scan, found.title), path)
     rows = []
     for i, k in enumerate(scan.ks):
         picked = " ".join(c for c, v in scan.picks.items() if v == k)
@@ -225,19 +213,3 @@ def choose_k(
     click.echo(table(["k", "inertia", "silhouette", "eigengap", "picked by"], rows))
     click.echo(f"recommended k = {scan.k}: {scan.reason}")
     click.echo(f"wrote {path}")
-
-
-def _cluster_latents(run_dir, cluster, layer, samples, seed, device, pool):
-    """The latents `clusterguide refine` would split (same stream), with the run's generator."""
-    from clusterguide.refine import collect_latents
-    from clusterguide.sampler import ClusterSampler
-    from clusterguide.seeding import derive_seed
-
-    sampler = ClusterSampler.load(run_dir, device=device)
-    run, G = sampler.run, sampler.generator
-    path = run.resolve(cluster)
-    seed = run.fit.seed if seed is None else seed
-    share = run.tree.stats.get(path, {}).get("share")
-    latents, _ = collect_latents(G, run.tree, path, samples, derive_seed(seed, "refine", path), share=share)
-    G.check_layer(layer)
-    return latents, G, f"cluster {run.label(path)} of {run_dir}", run.fit.pool if pool is None else pool, seed
