@@ -419,3 +419,65 @@ def test_control_characters_in_names_are_refused(tiny_run, tmp_path, capsys, bad
     assert artifacts.read_json(copy / "names.json") == {}
     code, _, _ = run_cli(capsys, "name", copy, "0", "plain name")
     assert code == 0 and artifacts.read_json(copy / "names.json") == {"0": "plain name"}
+
+
+# ---- progress without a terminal -------------------------------------------------------------------
+def test_stages_report_start_and_end_when_stderr_is_not_a_terminal(tmp_path):
+    env_free = {k: v for k, v in os.environ.items() if k != "CLUSTERGUIDE_PROGRESS"}
+    run_dir = tmp_path / "run"
+    fit = [a for a in FIT if a != "-q"]
+    env = {**env_free, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "clusterguide", *fit, "--clusters", "2", "--out", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stderr.splitlines()
+    assert "features @ block1: started (1 batch)" in lines, done.stderr
+    assert any(line.startswith("features @ block1: done in ") for line in lines), done.stderr
+    assert "s (features " in done.stdout and "evaluation and the rest" in done.stdout  # the time's split
+    sample = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clusterguide",
+            "sample",
+            str(run_dir),
+            "--cluster",
+            "0",
+            "-n",
+            "1000",
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert sample.returncode == 0, sample.stderr[-2000:]
+    assert "images: started (16 batch)" in sample.stderr and "images: done in" in sample.stderr
+    quiet = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clusterguide",
+            "sample",
+            str(run_dir),
+            "--cluster",
+            "0",
+            "-n",
+            "1000",
+            "-q",
+            "--out",
+            str(tmp_path / "q"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert quiet.returncode == 0 and quiet.stderr == ""

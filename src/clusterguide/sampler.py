@@ -13,6 +13,7 @@ per-index streams (:mod:`seeding`), and the networks run in eval mode.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +26,11 @@ from clusterguide.generators.registry import load_generator
 from clusterguide.imaging import to_uint8
 from clusterguide.mapping import draw_inputs
 from clusterguide.run import Run
+from clusterguide.progress import progress
 from clusterguide.seeding import BLOCK, check_seed, derive_seed
 
 METHODS = ("imle", "exact")
+PROGRESS_FROM = 1000  # images from which synthesize reports progress
 
 
 @dataclass
@@ -143,7 +146,11 @@ class ClusterSampler:
     @torch.no_grad()
     def synthesize(self, latents: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         out = []
-        for s in range(0, latents.shape[0], batch_size):
+        batches = range(0, latents.shape[0], batch_size)
+        starts: Iterable[int] = batches
+        if latents.shape[0] >= PROGRESS_FROM:  # small draws (the gallery's) stay quiet
+            starts = progress(batches, total=len(batches), desc="images", unit="batch")
+        for s in starts:
             out.append(to_uint8(self.generator.synthesize(latents[s : s + batch_size].to(self.device))))
         if not out:
             size = self.generator.image_size

@@ -106,12 +106,25 @@ def fit(
     click.echo(metrics_table(run.metrics))
     summary = run.metrics.get("summary", {})
     click.echo(
-        f"fit {run.metrics['fit_seconds']:.1f}s, recipe {recipe}; "
+        f"fit {run.metrics['fit_seconds']:.1f}s ({_fit_split(run.metrics)}), recipe {recipe}; "
         f"min fidelity {summary.get('min_fidelity', float('nan')):.3f}, "
         f"min norm ratio {summary.get('min_norm_ratio', float('nan')):.3f}, "
         f"min recall {summary.get('min_recall', float('nan')):.3f}"
     )
     click.echo(f"saved {out_dir}")
+
+
+def _fit_split(metrics: dict) -> str:
+    """Where a fit's time went: the stages of its first split, and the rest (mostly evaluation)."""
+    root = metrics.get("timings", {}).get("root", {})
+    parts = {
+        "features": root.get("features_s"),
+        "k-means": root.get("kmeans_s"),
+        "mappings": root.get("mappings_s"),
+    }
+    known = {k: v for k, v in parts.items() if isinstance(v, (int, float))}
+    rest = metrics["fit_seconds"] - sum(known.values())
+    return ", ".join([*(f"{k} {v:.1f}s" for k, v in known.items()), f"evaluation and the rest {rest:.1f}s"])
 
 
 def _sampler(run_dir: str, device: str, class_label: int | None):
