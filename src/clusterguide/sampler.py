@@ -25,8 +25,8 @@ from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import load_generator
 from clusterguide.imaging import to_uint8
 from clusterguide.mapping import draw_inputs
-from clusterguide.run import Run
 from clusterguide.progress import progress
+from clusterguide.run import Run
 from clusterguide.seeding import BLOCK, check_seed, derive_seed
 
 METHODS = ("imle", "exact")
