@@ -481,3 +481,9 @@ def test_stages_report_start_and_end_when_stderr_is_not_a_terminal(tmp_path):
         timeout=300,
     )
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_outputs_in_unwritable_folders_are_refused_before_any_work(tiny_run, capsys):
+    run_dir, _ = tiny_run
+    assert_user_error(capsys, "grid", run_dir, "--out", "/sys/g.png", match="not writable")
+    assert_user_error(capsys, "sample", run_dir, "--cluster", "0", "--out", "/proc/s", match="not writable")

@@ -156,14 +156,20 @@ def check_folder_target(target: str | Path, overwrite: bool = False, kind: str |
     parent = target.parent
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"cannot write {shown}: {parent} is not a folder")
-    try:
-        probe = Path(tempfile.mkdtemp(prefix=".clusterguide-probe-", dir=parent))
-    except OSError as exc:
-        raise UserError(f"cannot write {shown}: folder {parent} is not writable ({exc.strerror})") from None
-    probe.rmdir()
+    check_writable(parent, shown)
     return target
+
+
+def check_writable(folder: Path, shown: str | Path) -> None:
+    """``folder`` is a folder that files can be created in: tried, not guessed from permission
+    bits (which say nothing for root, read-only mounts or special file systems)."""
+    if not folder.is_dir():
+        raise UserError(f"cannot write {shown}: {folder} is not a folder")
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".clusterguide-probe-", dir=folder))
+    except OSError as exc:
+        raise UserError(f"cannot write {shown}: folder {folder} is not writable ({exc.strerror})") from None
+    probe.rmdir()
 
 
 # Staging and replaced folders carry the writer's host and process id, so a later writer into the

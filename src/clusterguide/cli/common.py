@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from pathlib import Path
 
 import click
 
+from clusterguide.artifacts import check_writable
 from clusterguide.checks import whole
 from clusterguide.errors import UserError
 from clusterguide.progress import set_progress
@@ -138,8 +138,7 @@ def output_file(path: str, suffixes: tuple[str, ...]) -> Path:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write {path}: folder {parent} is not writable")
+    check_writable(parent, path)
     if p.is_dir():
         raise UserError(f"cannot write {path}: it is a folder")
     return p

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from click.core import ParameterSource
 
@@ -65,9 +67,12 @@ GENERATOR_FLAGS = {
 @quiet_option
 def refine(run_dir, cluster, layer, k, samples, seed, recipe, epochs, max_draws, device, force):
     """Split one cluster of a run again at another layer (a cluster tree, paper §4.3)."""
+    from clusterguide.artifacts import FORMAT, check_folder_target
     from clusterguide.display import metrics_table
     from clusterguide.refine import refine_run
 
+    if Path(run_dir).is_dir():  # refine replaces the folder: check it can, before minutes of work
+        check_folder_target(run_dir, overwrite=True, kind=FORMAT)
     out = refine_run(
         run_dir,
         cluster,
