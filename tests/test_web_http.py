@@ -577,3 +577,29 @@ def test_a_non_loopback_bind_needs_the_token_for_everything(run_dir):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_cli_serve_open_opens_the_page_with_its_token(run_dir, monkeypatch, capsys):
+    import webbrowser
+
+    import clusterguide.web.server as web_server
+
+    made, opened = [], []
+    real = web_server.make_server
+    monkeypatch.setattr(web_server, "make_server", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    thread = threading.Thread(
+        target=main, args=(["serve", str(run_dir), "--port", "0", "--open"],), daemon=True
+    )
+    thread.start()
+    for _ in range(600):
+        if opened:
+            break
+        thread.join(0.05)
+    try:
+        assert opened == [made[0].page_url] and "?token=" in opened[0]
+        status, _, page = request(made[0], "GET", "/?" + opened[0].split("?", 1)[1], auth=False)
+        assert status == 200 and made[0].csrf in page.decode()
+    finally:
+        made[0].shutdown()
+        thread.join(10)
