@@ -96,12 +96,12 @@ def test_python_save_names_the_python_argument(tiny_run, tmp_path):
 
 # ---- 5. fail fast, clean up after yourself -------------------------------------------------------
 def test_unwritable_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
-    import clusterguide.fit
+    import clusterguide.fitting
 
     def no_work(*args, **kwargs):
         raise AssertionError("fit started before --out was checked")
 
-    monkeypatch.setattr(clusterguide.fit, "fit_run", no_work)
+    monkeypatch.setattr(clusterguide.fitting, "fit_run", no_work)
     (tmp_path / "file").write_text("x")
     assert_user_error(
         capsys, *FIT, "--clusters", "2", "--out", tmp_path / "file" / "run", match="not a folder"
@@ -304,8 +304,7 @@ def test_layers_checks_its_numbers(capsys):
 
 
 def test_seeds_outside_the_range_are_refused_not_aliased(tiny_run):
-    # clusterguide.fit is also a module's name: once that module is imported, cg.fit is the module
-    from clusterguide.api import fit as api_fit
+    import clusterguide as cg
     from clusterguide.sampler import ClusterSampler
     from clusterguide.seeding import MAX_SEED
     from clusterguide.web.server import MAX_SEED as GALLERY_MAX_SEED
@@ -317,7 +316,7 @@ def test_seeds_outside_the_range_are_refused_not_aliased(tiny_run):
         with pytest.raises(UserError, match="seed must be"):
             sampler.sample("0", n=1, seed=seed)
     with pytest.raises(UserError, match="seed must be"):
-        api_fit("tiny-dcgan", layer="block1", clusters=2, samples=100, seed=2**64, verbose=False)
+        cg.fit("tiny-dcgan", layer="block1", clusters=2, samples=100, seed=2**64, verbose=False)
     assert sampler.sample("0", n=1, seed=MAX_SEED).images.shape[0] == 1
 
 

@@ -47,7 +47,7 @@ def fit(
     (family options such as ``latent_space`` or ``truncation``) complete a name. Progress bars and
     stage messages go to stderr unless ``verbose=False``. Nothing is written: call ``.save(dir)``.
     """
-    from clusterguide.fit import fit_run
+    from clusterguide.fitting import fit_run
     from clusterguide.mapping import MappingConfig
     from clusterguide.progress import set_progress
     from clusterguide.run import FitConfig

@@ -304,7 +304,7 @@ def choose_k(
     (``seed`` default 0), or -- with ``run_dir`` and ``cluster`` -- of that cluster of a saved run,
     the very latents ``refine`` would split (same stream and seed, the run's generator and pool)."""
     from clusterguide.features import check_pool, extract_features
-    from clusterguide.fit import sample_prior
+    from clusterguide.fitting import sample_prior
     from clusterguide.generators.registry import load_generator
     from clusterguide.refine import collect_latents
     from clusterguide.sampler import ClusterSampler

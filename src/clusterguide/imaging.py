@@ -42,7 +42,7 @@ def grid_image(images: np.ndarray, ncol: int | None = None, pad: int = 2, scale:
         ] = img
     out = Image.fromarray(canvas)
     if scale != 1:
-        out = out.resize((out.width * scale, out.height * scale), Image.NEAREST)
+        out = out.resize((out.width * scale, out.height * scale), Image.Resampling.NEAREST)
     return out
 
 

@@ -86,7 +86,7 @@ def fit(
 ):
     """Cluster a generator's representations and learn a mapping per cluster."""
     from clusterguide.artifacts import FORMAT, check_folder_target
-    from clusterguide.fit import fit_run
+    from clusterguide.fitting import fit_run
     from clusterguide.mapping import MappingConfig
     from clusterguide.run import FitConfig
 
