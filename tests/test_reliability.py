@@ -217,8 +217,11 @@ def test_pool_larger_than_the_maps_is_refused(tmp_path, capsys):
         ([*FIT, "--clusters", "2", "--samples", str(10**12)], "--samples must be at most"),
         ([*FIT, "--clusters", "2", "--class", "-1"], "--class must be at least 0"),
         ([*FIT, "--clusters", "2", "--truncation", "nan"], "--truncation must be a finite number"),
-        ([*FIT, "--clusters", "2", "--seed", str(2**70)], "--seed must be at most 4294967295"),
+        ([*FIT, "--clusters", "2", "--seed", str(2**70)], "--seed must be at most 9223372036854775807"),
         ([*FIT, "--clusters", "2", "--seed", "-1"], "--seed must be at least 0"),
+        ([*FIT, "--clusters", "2", "--device", "tpu"], "--device must be cpu, cuda, cuda:N or mps"),
+        ([*FIT, "--clusters", "2", "--device", "cpu:1"], "--device must be cpu, cuda, cuda:N or mps"),
+        ([*FIT, "--clusters", "2", "--device", "mps"], "--device mps: no Apple GPU"),  # was a RuntimeError
         (
             ["choose-k", "--generator", "tiny-dcgan", "--layer", "block1", "--k-range", "2..99999999999999"],
             "--k-range",
@@ -274,7 +277,7 @@ def test_bad_numbers_before_any_work(tmp_path, capsys, args, match):
                 "--clusters",
                 "2",
                 "--seed",
-                str(2**40),
+                str(2**63),
             ],
             "--seed must be at most",
         ),
@@ -309,7 +312,7 @@ def test_seeds_outside_the_range_are_refused_not_aliased(tiny_run):
     from clusterguide.seeding import MAX_SEED
     from clusterguide.web.server import MAX_SEED as GALLERY_MAX_SEED
 
-    assert GALLERY_MAX_SEED == MAX_SEED == 2**32 - 1
+    assert GALLERY_MAX_SEED == MAX_SEED == 2**63 - 1
     run_dir, _ = tiny_run
     sampler = ClusterSampler.load(run_dir)
     for seed in (-1, 2**64 - 1, 2**70, 1.5, True):

@@ -278,7 +278,7 @@ def test_concurrent_renames_and_draws_leave_a_consistent_folder(server, run_dir)
         ({"cluster": "0", "n": 2.0}, "n must be"),
         ({"cluster": "0", "seed": -1}, "seed must be"),
         ({"cluster": "0", "seed": True}, "seed must be"),
-        ({"cluster": "0", "seed": 2**32}, "seed must be"),
+        ({"cluster": "0", "seed": 2**63}, "seed must be"),
         ({"cluster": "0", "method": "gan"}, "method must be"),
         ({"cluster": "0", "method": None}, "method must be"),
         ({"cluster": ["0"]}, "cluster must be a string"),

@@ -77,3 +77,24 @@ def _kind(value: Any) -> str:
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def device(value: Any, name: str = "--device") -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and present on this machine."""
+    import torch
+
+    text(value, name, 20)
+    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d{1,3}))?", value)
+    if not m or (m[2] is not None and m[1] != "cuda"):
+        raise UserError(f"{name} must be cpu, cuda, cuda:N or mps (got {value!r})")
+    if m[1] == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"{name} {value}: no CUDA device is available")
+        if m[2] is not None and int(m[2]) >= count:
+            raise UserError(
+                f"{name} {value}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}"
+            )
+    if m[1] == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError(f"{name} mps: no Apple GPU (MPS) is available")
+    return value

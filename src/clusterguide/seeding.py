@@ -13,9 +13,10 @@ from clusterguide.checks import whole
 
 BLOCK = 256
 _MASK64 = (1 << 64) - 1
-# The seeds a user may give, the same for the CLI, the Python API and the gallery. Larger values
-# would alias silently (streams use the low 64 bits) and the page's JavaScript numbers stay exact.
-MAX_SEED = 2**32 - 1
+# The seeds a user may give, the same for the CLI, the Python API and the gallery's API: exactly
+# the values derive_seed returns, so a seed derived from a seed is a valid seed again. Larger values
+# would alias silently (streams use the low 64 bits).
+MAX_SEED = 2**63 - 1
 
 
 def check_seed(seed: object, name: str = "seed") -> int:

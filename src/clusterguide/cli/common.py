@@ -84,6 +84,20 @@ def _option_name(param: click.Parameter | None) -> str:
 FINITE = FiniteFloat()
 
 
+class Device(click.ParamType):
+    """cpu, cuda, cuda:N or mps, checked against this machine before any work."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        from clusterguide.checks import device
+
+        return device(str(value), _option_name(param))
+
+
+DEVICE = Device()
+
+
 def generator_options(f):
     """--generator/--checkpoint and the family options, passed on as keyword arguments."""
     options = [

@@ -11,6 +11,7 @@ from clusterguide.cli.common import (
     BATCH,
     CLASS,
     CLUSTERS,
+    DEVICE,
     EPOCHS,
     IMAGES,
     POOL,
@@ -29,7 +30,7 @@ from clusterguide.generators.registry import GeneratorSpec, load_generator
 
 @click.command()
 @generator_options
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
 def layers(generator, checkpoint, latent_space, truncation, device):
     """List a generator's layers with their output shapes."""
     G = load_generator(
@@ -63,7 +64,7 @@ def layers(generator, checkpoint, latent_space, truncation, device):
     help="Class to cluster within (class-conditional generators: BigGAN, StyleGAN2 cifar10).",
 )
 @click.option("--pool", type=POOL, default=None, help="Average-pool feature maps to PxP before k-means.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--out", required=True, type=click.Path(), help="Run folder to create.")
 @click.option("--force", is_flag=True, help="Replace an existing run folder.")
 @quiet_option
@@ -143,7 +144,7 @@ def _sampler(run_dir: str, device: str, class_label: int | None):
     "--class", "class_label", type=CLASS, default=None, help="Sample another class (cross-class transfer)."
 )
 @click.option("--batch-size", type=BATCH, default=64, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
 @click.option("--out", required=True, help="FILE: writes FILE.png (grid) and FILE.npz (images, latents).")
 @quiet_option
 def sample(run_dir, cluster, n, seed, method, class_label, batch_size, device, out):
@@ -178,7 +179,7 @@ def sample(run_dir, cluster, n, seed, method, class_label, batch_size, device, o
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--method", type=click.Choice(["imle", "exact"]), default="imle", show_default=True)
 @click.option("--class", "class_label", type=CLASS, default=None)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
 @quiet_option
 def grid(run_dir, out, per_cluster, seed, method, class_label, device):
     """One labelled row per cluster (per leaf of a tree)."""

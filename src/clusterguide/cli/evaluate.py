@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from clusterguide.cli.common import BATCH, IMAGES, SAMPLES, SEED, Whole, output_file, quiet_option
+from clusterguide.cli.common import BATCH, DEVICE, IMAGES, SAMPLES, SEED, Whole, output_file, quiet_option
 from clusterguide.errors import UserError
 from clusterguide.evaluation.probes import probe_names
 
@@ -72,7 +72,7 @@ def evaluation_options(f):
             help="Step lengths tried along a GANSpace/SeFa direction (comma-separated).",
         ),
         click.option("--batch-size", type=BATCH, default=64, show_default=True),
-        click.option("--device", default="cpu", show_default=True),
+        click.option("--device", type=DEVICE, default="cpu", show_default=True),
     ]
     for option in reversed(options):
         f = option(f)

@@ -6,6 +6,8 @@ import logging
 
 import click
 
+from clusterguide.cli.common import DEVICE
+
 
 @click.command()
 @click.argument("run_dir", type=click.Path())
@@ -22,7 +24,7 @@ import click
     show_default=True,
     help="Address to bind; anything but a loopback address exposes the gallery to your network.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda, for sampling.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda, for sampling.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every request, not only refused ones.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in your web browser.")
 def serve(run_dir, port, host, device, verbose, open_browser):

@@ -10,6 +10,7 @@ from click.core import ParameterSource
 from clusterguide.cli.common import (
     CLASS,
     CLUSTERS,
+    DEVICE,
     EPOCHS,
     MAX_DRAWS,
     POOL,
@@ -62,7 +63,7 @@ GENERATOR_FLAGS = {
     show_default=True,
     help="Give up when this many prior samples hold too few latents of the cluster.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--force", is_flag=True, help="Replace an existing split of the cluster and all under it.")
 @quiet_option
 def refine(run_dir, cluster, layer, k, samples, seed, recipe, epochs, max_draws, device, force):
@@ -152,7 +153,7 @@ def name(run_dir, cluster, new_name, clear):
 )
 @click.option("--cluster", default=None, help="With --run: the cluster (path or name) to be refined.")
 @click.option("--seed", type=SEED, default=None, help="Seed of latents, k-means [default: 0, or the run's].")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--out", required=True, help="PNG file for the plot.")
 @quiet_option
 @click.pass_context

@@ -74,7 +74,7 @@ CONTENT_TYPES = {
 METHODS = ("imle", "exact")
 MAX_N = 64  # images per draw
 DEFAULT_N = 16
-MAX_SEED = seeding.MAX_SEED  # one range for the CLI, the API and the page (exact in JavaScript)
+MAX_SEED = seeding.MAX_SEED  # one range for the CLI, the API and the gallery (the page: up to 2**53 - 1)
 MAX_BODY = 16 * 1024  # bytes of a POST body
 MAX_DRAIN = 1024 * 1024  # a refused body up to this size is read and dropped, so the client gets its 4xx
 MAX_CLUSTER_CHARS = 200
@@ -84,7 +84,7 @@ CSRF_META = '<meta name="csrf-token" content="">'  # filled in when index.html i
 CACHE_BYTES = 256 * 2**20  # recent draws kept for the downloads
 
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # no leading dot
-_INT = re.compile(r"\d{1,12}")
+_INT = re.compile(r"\d{1,19}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
