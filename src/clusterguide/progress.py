@@ -100,10 +100,10 @@ def progress(
 
 
 @contextmanager
-def bar(total: int | None, desc: str = "", unit: str = "it") -> Iterator[Any]:
+def bar(total: int | None, desc: str = "", unit: str = "it", show: bool = True) -> Iterator[Any]:
     """A manual bar: ``with bar(n) as b: b.update(k)``; lines without a terminal, a no-op when
-    silenced."""
-    mode = _mode()
+    silenced (or ``show`` is false: small jobs that would only add noise)."""
+    mode = _mode() if show else "off"
     if mode == "off":
         yield _Null()
     elif mode == "lines":

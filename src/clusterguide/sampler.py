@@ -25,7 +25,7 @@ from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import load_generator
 from clusterguide.imaging import to_uint8
 from clusterguide.mapping import draw_inputs
-from clusterguide.progress import progress
+from clusterguide.progress import bar, progress
 from clusterguide.run import Run
 from clusterguide.seeding import BLOCK, check_seed, derive_seed
 
@@ -125,19 +125,21 @@ class ClusterSampler:
         kept: list[torch.Tensor] = []
         found, offset, last_accepted = 0, 0, -1
         stream = derive_seed(seed, "exact")
-        while found < n:
-            if offset >= limit:
-                raise UserError(
-                    f"exact sampling of cluster {path} found {found} of {n} in {offset} prior samples; use --method imle"
-                )
-            z = G.sample_latents(batch_size, stream, start=offset)
-            accepted = torch.from_numpy(np.nonzero(self.run.tree.membership(G, z, path))[0])
-            take = min(n - found, accepted.numel())
-            if take:
-                kept.append(z[accepted[:take]])
-                last_accepted = offset + int(accepted[take - 1])
-            found += take
-            offset += batch_size
+        with bar(n, desc=f"exact samples of {path}", unit="image", show=n >= PROGRESS_FROM) as b:
+            while found < n:
+                if offset >= limit:
+                    raise UserError(
+                        f"exact sampling of cluster {path} found {found} of {n} in {offset} prior samples; use --method imle"
+                    )
+                z = G.sample_latents(batch_size, stream, start=offset)
+                accepted = torch.from_numpy(np.nonzero(self.run.tree.membership(G, z, path))[0])
+                take = min(n - found, accepted.numel())
+                if take:
+                    kept.append(z[accepted[:take]])
+                    last_accepted = offset + int(accepted[take - 1])
+                    b.update(take)
+                found += take
+                offset += batch_size
         # counted up to the last accepted candidate, so the rate does not depend on batch size
         tried = last_accepted + 1
         return torch.cat(kept), tried
