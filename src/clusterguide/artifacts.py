@@ -146,12 +146,15 @@ def check_folder_target(target: str | Path, overwrite: bool = False, kind: str |
         if target.is_symlink() or not target.is_dir():
             raise UserError(f"{shown} is not a folder; refusing to replace it")
         fmt = folder_format(target)
-        empty = not any(target.iterdir())
+        try:
+            empty = not any(target.iterdir())
+        except OSError:
+            empty = False
         if not empty and (fmt is None or (kind is not None and fmt != kind)):
             what = "a clusterguide run folder" if kind == FORMAT else f"a {kind or 'clusterguide'} folder"
             raise UserError(f"{shown} is not {what}; refusing to replace it (nothing was changed)")
-        cwd = Path.cwd()
-        if cwd == target or target in cwd.parents:
+        cwd, real = Path.cwd(), Path(os.path.realpath(target))
+        if cwd == real or real in cwd.parents:
             raise UserError(f"cannot replace {shown}: it holds the current folder")
     parent = target.parent
     while not parent.exists():
