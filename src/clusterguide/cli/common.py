@@ -134,7 +134,9 @@ def family_options(latent_space: str | None, truncation: float | None) -> dict:
 
 
 def quiet_option(f):
-    @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+    @click.option(
+        "--quiet", "-q", is_flag=True, help="No progress bars (or, without a terminal, stage lines)."
+    )
     @functools.wraps(f)
     def wrapper(*args, quiet: bool = False, **kwargs):
         if quiet:

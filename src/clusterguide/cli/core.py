@@ -64,9 +64,9 @@ def layers(generator, checkpoint, latent_space, truncation, device):
     help="Class to cluster within (class-conditional generators: BigGAN, StyleGAN2 cifar10).",
 )
 @click.option("--pool", type=POOL, default=None, help="Average-pool feature maps to PxP before k-means.")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--out", required=True, type=click.Path(), help="Run folder to create.")
-@click.option("--force", is_flag=True, help="Replace an existing run folder.")
+@click.option("--force", is_flag=True, help="Replace an existing run folder (never a folder of other files).")
 @quiet_option
 def fit(
     generator,

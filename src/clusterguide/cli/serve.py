@@ -24,7 +24,9 @@ from clusterguide.cli.common import DEVICE
     show_default=True,
     help="Address to bind; anything but a loopback address exposes the gallery to your network.",
 )
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda, for sampling.")
+@click.option(
+    "--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N, for sampling."
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log every request, not only refused ones.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in your web browser.")
 def serve(run_dir, port, host, device, verbose, open_browser):

@@ -63,7 +63,7 @@ GENERATOR_FLAGS = {
     show_default=True,
     help="Give up when this many prior samples hold too few latents of the cluster.",
 )
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--force", is_flag=True, help="Replace an existing split of the cluster and all under it.")
 @quiet_option
 def refine(run_dir, cluster, layer, k, samples, seed, recipe, epochs, max_draws, device, force):
@@ -153,7 +153,7 @@ def name(run_dir, cluster, new_name, clear):
 )
 @click.option("--cluster", default=None, help="With --run: the cluster (path or name) to be refined.")
 @click.option("--seed", type=SEED, default=None, help="Seed of latents, k-means [default: 0, or the run's].")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--out", required=True, help="PNG file for the plot.")
 @quiet_option
 @click.pass_context
