@@ -489,3 +489,10 @@ def test_outputs_in_unwritable_folders_are_refused_before_any_work(tiny_run, cap
     run_dir, _ = tiny_run
     assert_user_error(capsys, "grid", run_dir, "--out", "/sys/g.png", match="not writable")
     assert_user_error(capsys, "sample", run_dir, "--cluster", "0", "--out", "/proc/s", match="not writable")
+
+
+def test_tensors_a_newer_version_changed_are_blamed_on_the_version(tiny_run, tmp_path, capsys):
+    copy = _copy_run(tiny_run, tmp_path)
+    (copy / "clusters.safetensors").write_bytes(b"a format of the future")
+    _edit_config(copy, lambda c: c.__setitem__("version", "7.0"))
+    assert_user_error(capsys, "info", copy, match="written by clusterguide 7.0")

@@ -180,6 +180,16 @@ class Run:
             )
         except UserError as exc:
             raise run_schema.in_file(run_dir, exc, version) from None
+        try:
+            return cls._from_checked(run_dir, config, names, metrics)
+        except UserError as exc:  # a newer writer may have changed more than the JSON shows
+            if run_schema.newer_than_this(version):
+                raise run_schema.in_file(run_dir, exc, version) from None
+            raise
+
+    @classmethod
+    def _from_checked(cls, run_dir: Path, config: dict, names: dict[str, str], metrics: dict) -> Run:
+        """The run from JSON that passed :mod:`run_schema`: tensors, checksums and shapes."""
         files = config["files"]
         centroids = artifacts.load_tensors(run_dir / artifacts.CLUSTERS, files[artifacts.CLUSTERS])
         weights = artifacts.load_tensors(run_dir / artifacts.MAPPINGS, files[artifacts.MAPPINGS])
