@@ -496,3 +496,10 @@ def test_tensors_a_newer_version_changed_are_blamed_on_the_version(tiny_run, tmp
     (copy / "clusters.safetensors").write_bytes(b"a format of the future")
     _edit_config(copy, lambda c: c.__setitem__("version", "7.0"))
     assert_user_error(capsys, "info", copy, match="written by clusterguide 7.0")
+
+
+def test_unreadable_side_files_name_their_path_once(tiny_run, tmp_path, capsys):
+    copy = _copy_run(tiny_run, tmp_path)
+    (copy / "names.json").write_text("{not json")
+    line = assert_user_error(capsys, "info", copy, match="names.json is damaged")
+    assert line.count(str(copy)) == 1, line

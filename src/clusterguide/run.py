@@ -170,14 +170,13 @@ class Run:
         if not isinstance(config, dict) or config.get("format") != artifacts.FORMAT:
             raise UserError(f"{run_dir} is not a clusterguide run folder (config.json has no run format)")
         version = config.get("version")
+        raw_names = read_names(run_dir, checked=False)  # unreadable JSON says so itself
+        metrics_path = run_dir / artifacts.METRICS
+        raw_metrics = artifacts.read_json(metrics_path) if metrics_path.exists() else {}
         try:
             run_schema.check_config(config)
-            names = run_schema.check_names(read_names(run_dir, checked=False))
-            metrics = run_schema.check_metrics(
-                artifacts.read_json(run_dir / artifacts.METRICS)
-                if (run_dir / artifacts.METRICS).exists()
-                else {}
-            )
+            names = run_schema.check_names(raw_names)
+            metrics = run_schema.check_metrics(raw_metrics)
         except UserError as exc:
             raise run_schema.in_file(run_dir, exc, version) from None
         try:
