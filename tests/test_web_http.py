@@ -603,3 +603,11 @@ def test_cli_serve_open_opens_the_page_with_its_token(run_dir, monkeypatch, caps
     finally:
         made[0].shutdown()
         thread.join(10)
+
+
+def test_the_token_stays_out_of_the_log(server, caplog):
+    with caplog.at_level(logging.DEBUG, logger="clusterguide.web"):
+        request(server, "GET", f"/?token={server.token}", auth=False)
+        request(server, "GET", f"/api/nothing?token={server.token}", auth=False)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/api/nothing?token=..." in text and server.token not in text

@@ -85,6 +85,7 @@ CACHE_BYTES = 256 * 2**20  # recent draws kept for the downloads
 
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # no leading dot
 _INT = re.compile(r"\d{1,19}")
+_TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&#]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
@@ -508,10 +509,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         except UserError as exc:  # the server's side: e.g. the generator's weights went missing
-            LOG.error("%s %s failed: %s", self.command, ascii(self.path[:200]), exc)
+            LOG.error("%s %s failed: %s", self.command, self._logged_path(), exc)
             status, reply, headers = 500, {"error": str(exc)}, {}
         except Exception:  # a bug: log the traceback, tell the client only that it failed
-            LOG.exception("%s %s failed", self.command, ascii(self.path[:200]))
+            LOG.exception("%s %s failed", self.command, self._logged_path())
             status, reply, headers = 500, {"error": "internal error; see the server's log"}, {}
         try:  # the client may have hung up (or sent less than its Content-Length) meanwhile
             self._drain_unread()
@@ -695,11 +696,15 @@ class Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, data: dict, headers: dict | None = None) -> None:
         self._send(status, json.dumps(data).encode(), "application/json", headers)
 
+    def _logged_path(self) -> str:
+        """The request target for the log, with any access token blanked out."""
+        return ascii(_TOKEN_IN_QUERY.sub(r"\1token=...", getattr(self, "path", ""))[:200])
+
     def _log_refusal(self, status: int, message: str) -> None:
         LOG.warning(
             "%s %s from %s -> %d: %s",
             self.command,
-            ascii(self.path[:200]),
+            self._logged_path(),
             self.client_address[0],
             status,
             message,
@@ -713,7 +718,7 @@ class Handler(BaseHTTPRequestHandler):
         self._unread = 0
 
     def log_request(self, code="-", size="-") -> None:  # refusals are logged by _log_refusal
-        LOG.debug("%s %s -> %s", self.command, ascii(self.path[:200]), code)
+        LOG.debug("%s %s -> %s", self.command, self._logged_path(), code)
 
     def log_error(self, format: str, *args) -> None:  # http.server's own: bad request line, ...
         LOG.warning("%s: %s", self.client_address[0], format % args)
