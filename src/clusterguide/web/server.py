@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from clusterguide import artifacts, seeding
+from clusterguide.checks import CONTROL
 from clusterguide.errors import NameTakenError, UserError
 from clusterguide.imaging import grid_image
 from clusterguide.run import Run, read_names, set_name
@@ -86,7 +87,7 @@ CACHE_BYTES = 256 * 2**20  # recent draws kept for the downloads
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # no leading dot
 _INT = re.compile(r"\d{1,19}")
 _TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&#]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = CONTROL  # the same characters names refuse everywhere
 _CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
