@@ -202,3 +202,41 @@ def test_choose_k_errors_are_one_line(tmp_path, capsys, monkeypatch, args, match
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err
     assert not (tmp_path / "k.png").exists()
+
+
+def test_choose_k_scans_the_latents_refine_would_split(tiny_run, monkeypatch):
+    """choose-k --run and refine draw from one stream, derived by one function."""
+    import clusterguide.refine
+    from clusterguide.refine import refine_run
+    from clusterguide.seeding import refinement_stream
+
+    run_dir = tiny_run[0]
+    streams = []
+
+    class Stop(Exception):
+        pass
+
+    def record(G, tree, path, n, seed, **kwargs):
+        streams.append((path, n, seed))
+        raise Stop
+
+    monkeypatch.setattr(clusterguide.refine, "collect_latents", record)
+    with pytest.raises(Stop):
+        ck.choose_k("block2", [2, 3, 4], run_dir=run_dir, cluster="1", samples=120, seed=7)
+    with pytest.raises(Stop):
+        refine_run(run_dir, "1", "block2", 2, samples=120, seed=7)
+    assert streams[0] == streams[1] == ("1", 120, refinement_stream(7, "1"))
+    assert refinement_stream(7, "1") != refinement_stream(7, "2") != refinement_stream(8, "1")
+
+
+def test_choose_k_is_one_library_call(tmp_path):
+    found = ck.choose_k(
+        "block1",
+        [2, 3, 4],
+        generator=__import__("clusterguide").GeneratorSpec("tiny-dcgan"),
+        samples=200,
+        silhouette_samples=150,
+        eigengap_samples=80,
+    )
+    assert found.scan.ks == [2, 3, 4] and found.scan.k in (2, 3, 4) and found.seed == 0
+    assert found.title.startswith("choosing k: tiny-dcgan @ block1, 200 samples")

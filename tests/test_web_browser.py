@@ -101,7 +101,7 @@ def page(browser, gallery, run_dir, console_errors):
 
 def open_gallery(page, gallery):
     srv, _ = gallery
-    page.goto(srv.url)
+    page.goto(srv.page_url)  # the address `clusterguide serve` prints, with the access token
     expect(page.locator(".card")).to_have_count(4)
     wait_idle(page)
 
@@ -217,3 +217,21 @@ def test_download_the_grid_and_the_samples(page, gallery):
     assert info.value.suggested_filename == "cluster-1-0_imle_seed0_n16.npz"
     with np.load(info.value.path(), allow_pickle=False) as f:
         assert f["images"].shape == (16, 64, 64, 3) and str(f["cluster"]) == "1/0"
+
+
+def test_without_the_token_the_page_only_shows_the_run(page, gallery, run_dir):
+    srv, _ = gallery
+    page.goto(srv.url)  # the bare address: no token, no cookie
+    expect(page.locator(".card")).to_have_count(4)
+    expect(page.locator("#run-meta")).to_contain_text("needs its access token")
+    expect(page.locator("#resample-all")).to_be_disabled()
+    expect(card(page, "0").locator(".name-input")).to_be_disabled()
+    assert card(page, "0").locator("img.grid").get_attribute("src") in (None, "")
+    # once opened with the token, the cookie keeps the bare address working
+    page.goto(srv.page_url)
+    wait_idle(page)
+    page.goto(srv.url)
+    expect(page.locator(".card")).to_have_count(4)
+    wait_idle(page)
+    expect(page.locator("#resample-all")).to_be_enabled()
+    assert json.loads((run_dir / "names.json").read_text()) == {}

@@ -87,9 +87,12 @@ def request(
     headers: dict | None = None,
     raw: bytes | None = None,
     ctype: str | None = None,
+    auth: bool = True,
 ):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     hdrs = dict(headers or {})
+    if auth:  # a script's way to give the access token
+        hdrs.setdefault("Authorization", f"token {server.token}")
     if ctype:
         hdrs["Content-Type"] = ctype
     data = raw
@@ -275,7 +278,7 @@ def test_concurrent_renames_and_draws_leave_a_consistent_folder(server, run_dir)
         ({"cluster": "0", "n": 2.0}, "n must be"),
         ({"cluster": "0", "seed": -1}, "seed must be"),
         ({"cluster": "0", "seed": True}, "seed must be"),
-        ({"cluster": "0", "seed": 2**31}, "seed must be"),
+        ({"cluster": "0", "seed": 2**63}, "seed must be"),
         ({"cluster": "0", "method": "gan"}, "method must be"),
         ({"cluster": "0", "method": None}, "method must be"),
         ({"cluster": ["0"]}, "cluster must be a string"),
@@ -373,7 +376,12 @@ def test_bodies_are_checked_before_they_are_read(server):
 
 def test_missing_content_length_is_411(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(b"POST /api/name HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\r\n")
+        auth = f"Authorization: token {server.token}\r\n".encode()
+        s.sendall(
+            b"POST /api/name HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+            + auth
+            + b"Content-Type: application/json\r\n\r\n"
+        )
         reply = s.makefile("rb").read()
     assert reply.startswith(b"HTTP/1.0 411")
 
@@ -461,9 +469,145 @@ def test_cli_serve_prints_the_address_and_serves(run_dir, tmp_path, monkeypatch,
             break
         thread.join(0.05)
     try:
-        assert f"serving {run_dir} at http://127.0.0.1:{made[0].port}/" in out
+        assert f"serving {run_dir} at http://127.0.0.1:{made[0].port}/?token={made[0].token}" in out
         assert get_json(made[0], "/api/run")[0] == 200
     finally:
         made[0].shutdown()
         thread.join(10)
     assert not thread.is_alive()
+
+
+# ---- reliability and access (issue 14) ---------------------------------------------------------
+def raw_exchange(port: int, data: bytes, read: bool = True) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(data)
+        if not read:
+            return b""
+        s.shutdown(socket.SHUT_WR)
+        return s.makefile("rb").read()
+
+
+def no_tracebacks(caplog, capsys) -> None:
+    assert not [r for r in caplog.records if r.exc_info], [
+        r.getMessage() for r in caplog.records if r.exc_info
+    ]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_an_over_long_uri_is_414_json(server, caplog, capsys):
+    with caplog.at_level(logging.DEBUG, logger="clusterguide.web"):
+        reply = raw_exchange(server.port, b"GET /" + b"a" * 70_000 + b" HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 414") and b"application/json" in head, reply[:300]
+    assert "error" in json.loads(body)
+    no_tracebacks(caplog, capsys)
+
+
+@pytest.mark.parametrize("method, status", [("TRACE", 404), ("CONNECT", 404), ("FROB", 501)])
+def test_other_methods_get_json_errors(server, method, status):
+    got, headers, payload = request(server, method, "/x")
+    assert got == status and headers["Content-Type"] == "application/json"
+    assert "error" in json.loads(payload)
+    assert request(server, method, "/api/run")[0] == (405 if method != "FROB" else 501)
+
+
+def test_clients_that_hang_up_cost_no_traceback(server, caplog, capsys):
+    auth = f"Authorization: token {server.token}\r\n".encode()
+    short = b"POST /api/name HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    with caplog.at_level(logging.DEBUG, logger="clusterguide.web"):
+        for _ in range(10):  # less than its Content-Length, then gone
+            raw_exchange(server.port, short + auth + b"Content-Length: 1000\r\n\r\n" + b'{"a"', read=False)
+        for _ in range(10):  # asks for a grid and leaves before the answer
+            raw_exchange(server.port, b"GET /api/grid.png?cluster=0&n=64 HTTP/1.0\r\n\r\n", read=False)
+        for _ in range(5):  # a refused body, and no one left to read the refusal
+            raw_exchange(server.port, short + b"Content-Length: 50000\r\n\r\n" + b"x" * 50000, read=False)
+        assert get_json(server, "/api/run")[0] == 200  # still serving
+        threading.Event().wait(1.0)  # let the handler threads of the gone clients finish
+    no_tracebacks(caplog, capsys)
+
+
+def test_writes_need_the_access_token(server, run_dir):
+    status, _, body = request(server, "POST", "/api/name", body={"cluster": "0", "name": "x"}, auth=False)
+    assert status == 403 and "token" in json.loads(body)["error"]
+    status, _, _ = request(server, "POST", "/api/sample", body={"cluster": "0", "n": 1}, auth=False)
+    assert status == 403
+    wrong = {"Authorization": "token not-the-token"}
+    assert request(server, "POST", "/api/name", body={"cluster": "0", "name": "x"}, headers=wrong)[0] == 403
+    assert json.loads((run_dir / "names.json").read_text()) == {}
+    # reading stays open on a loopback address, for scripts
+    assert request(server, "GET", "/api/run", auth=False)[0] == 200
+
+
+def test_the_page_address_sets_a_cookie_and_a_csrf_token(server, run_dir):
+    status, headers, page = request(server, "GET", f"/?token={server.token}", auth=False)
+    assert status == 200 and f'<meta name="csrf-token" content="{server.csrf}">' in page.decode()
+    cookie = headers["Set-Cookie"]
+    assert cookie.startswith(f"{server.cookie_name}={server.token};") and "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    jar = {"Cookie": f"{server.cookie_name}={server.token}"}
+    # the cookie alone is not enough for a POST (a cross-site form would carry it): the CSRF token is
+    body = {"cluster": "0", "name": "by cookie"}
+    assert request(server, "POST", "/api/name", body=body, headers=jar, auth=False)[0] == 403
+    with_csrf = {**jar, "X-CSRF-Token": server.csrf}
+    assert request(server, "POST", "/api/name", body=body, headers=with_csrf, auth=False)[0] == 200
+    assert json.loads((run_dir / "names.json").read_text()) == {"0": "by cookie"}
+    # a page opened without the token gets no CSRF token, and a wrong token is refused
+    _, _, bare = request(server, "GET", "/", auth=False)
+    assert '<meta name="csrf-token" content="">' in bare.decode()
+    assert request(server, "GET", "/?token=guess", auth=False)[0] == 403
+
+
+def test_a_non_loopback_bind_needs_the_token_for_everything(run_dir):
+    srv = make_server(run_dir, host="0.0.0.0", port=0, preload=False)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        assert not srv.loopback
+        for target in ("/", "/api/run", "/static/app.js", "/api/grid.png?cluster=0&n=1"):
+            assert request(srv, "GET", target, auth=False)[0] == 403, target
+        # DNS rebinding: the attacker's page names its own domain in Host and Origin
+        evil = {"Host": f"evil.example:{srv.port}", "Origin": f"http://evil.example:{srv.port}"}
+        status, _, _ = request(
+            srv, "POST", "/api/name", body={"cluster": "0", "name": "pwned"}, headers=evil, auth=False
+        )
+        assert status == 403
+        assert json.loads((run_dir / "names.json").read_text()) == {}
+        assert request(srv, "GET", "/api/run")[0] == 200
+        assert request(srv, "GET", f"/api/run?token={srv.token}", auth=False)[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_cli_serve_open_opens_the_page_with_its_token(run_dir, monkeypatch, capsys):
+    import webbrowser
+
+    import clusterguide.web.server as web_server
+
+    made, opened = [], []
+    real = web_server.make_server
+    monkeypatch.setattr(web_server, "make_server", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    thread = threading.Thread(
+        target=main, args=(["serve", str(run_dir), "--port", "0", "--open"],), daemon=True
+    )
+    thread.start()
+    for _ in range(600):
+        if opened:
+            break
+        thread.join(0.05)
+    try:
+        assert opened == [made[0].page_url] and "?token=" in opened[0]
+        status, _, page = request(made[0], "GET", "/?" + opened[0].split("?", 1)[1], auth=False)
+        assert status == 200 and made[0].csrf in page.decode()
+    finally:
+        made[0].shutdown()
+        thread.join(10)
+
+
+def test_the_token_stays_out_of_the_log(server, caplog):
+    with caplog.at_level(logging.DEBUG, logger="clusterguide.web"):
+        request(server, "GET", f"/?token={server.token}", auth=False)
+        request(server, "GET", f"/api/nothing?token={server.token}", auth=False)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/api/nothing?token=..." in text and server.token not in text

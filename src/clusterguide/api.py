@@ -16,6 +16,7 @@ from typing import Any
 from clusterguide.errors import UserError
 from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.sampler import ClusterSampler
+from clusterguide.seeding import check_seed
 
 
 def _stderr(message: str) -> None:
@@ -51,6 +52,7 @@ def fit(
     from clusterguide.progress import set_progress
     from clusterguide.run import FitConfig
 
+    check_seed(seed)
     if isinstance(generator, GeneratorSpec):
         if checkpoint is not None or options:
             raise UserError("pass checkpoint and options inside the GeneratorSpec, not beside it")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -28,9 +29,12 @@ from PIL import Image, ImageDraw
 
 from clusterguide.clustering import as_faiss, fit_kmeans
 from clusterguide.errors import UserError
+from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.imaging import font as load_font
 from clusterguide.progress import progress
+from clusterguide.seeding import check_seed, refinement_stream
 
+MAX_K = 10_000  # as fit's --clusters
 WEAK_SILHOUETTE = 0.25  # below this Kaufman & Rousseeuw call a structure "not substantial"
 BLUE, RED = (40, 90, 170), (200, 30, 30)  # the curves; the recommended k
 
@@ -56,18 +60,22 @@ class KScan:
 def parse_k_range(text: str) -> list[int]:
     """``"2..12"`` (inclusive), ``"2-12"``, or a list ``"2,3,5,8"``."""
     t = str(text).replace(" ", "")
-    m = re.fullmatch(r"(\d+)(?:\.\.|-)(\d+)", t)
+    m = re.fullmatch(r"(\d{1,9})(?:\.\.|-)(\d{1,9})", t)
     if m:
         lo, hi = int(m.group(1)), int(m.group(2))
         if hi < lo:
             raise UserError(f"--k-range {text!r}: the end is below the start")
+        if hi > MAX_K:
+            raise UserError(f"--k-range {text!r}: k must be at most {MAX_K}")
         ks = list(range(lo, hi + 1))
-    elif re.fullmatch(r"\d+(,\d+)*", t):
+    elif re.fullmatch(r"\d{1,9}(,\d{1,9}){0,999}", t):
         ks = sorted(set(int(v) for v in t.split(",")))
     else:
         raise UserError(f"--k-range {text!r} must look like 2..12 or 2,4,8")
     if ks[0] < 2:
         raise UserError(f"--k-range {text!r}: k must be at least 2")
+    if ks[-1] > MAX_K or len(ks) > 1000:
+        raise UserError(f"--k-range {text!r}: at most 1000 values of k, each at most {MAX_K}")
     if len(ks) < 3:
         raise UserError(f"--k-range {text!r}: give at least 3 values of k to compare")
     return ks
@@ -82,8 +90,8 @@ def kmeans_pp(x: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo: int 
     """
     init = getattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS", None)
     if init is None:  # older FAISS: random seeding, more restarts
-        km = fit_kmeans(x, k, seed=seed, niter=niter, nredo=max(nredo, 10), gpu=gpu)
-        return km.labels, km.inertia
+        result = fit_kmeans(x, k, seed=seed, niter=niter, nredo=max(nredo, 10), gpu=gpu)
+        return result.labels, result.inertia
     x = as_faiss(x)
     km = faiss.Kmeans(
         x.shape[1],
@@ -259,6 +267,87 @@ def scan_k(
         m_sil,
         m_eig,
     )
+
+
+# ---- the whole job -----------------------------------------------------------------------------
+@dataclass
+class ChooseK:
+    """What :func:`choose_k` found: the scan, and where its latents came from (for titles)."""
+
+    scan: KScan
+    layer: str
+    source: str  # "tiny-dcgan", or "cluster 1 smiling of runs/faces"
+    seed: int
+    pool: int | None
+
+    @property
+    def title(self) -> str:
+        return f"choosing k: {self.source} @ {self.layer}, {self.scan.samples} samples"
+
+
+def choose_k(
+    layer: str,
+    ks: list[int],
+    *,
+    generator: GeneratorSpec | None = None,
+    class_label: int | None = None,
+    run_dir: str | Path | None = None,
+    cluster: str | None = None,
+    samples: int = 5000,
+    silhouette_samples: int = 2000,
+    eigengap_samples: int = 1000,
+    seed: int | None = None,
+    pool: int | None = None,
+    device: str = "cpu",
+) -> ChooseK:
+    """Scan ``ks`` on the features at ``layer`` of ``samples`` latents: of ``generator``'s prior
+    (``seed`` default 0), or -- with ``run_dir`` and ``cluster`` -- of that cluster of a saved run,
+    the very latents ``refine`` would split (same stream and seed, the run's generator and pool)."""
+    from clusterguide.features import check_pool, extract_features
+    from clusterguide.fitting import sample_prior
+    from clusterguide.generators.registry import load_generator
+    from clusterguide.refine import collect_latents
+    from clusterguide.sampler import ClusterSampler
+
+    for name, value in (
+        ("--samples", samples),
+        ("--silhouette-samples", silhouette_samples),
+        ("--eigengap-samples", eigengap_samples),
+    ):
+        if value <= max(ks):
+            raise UserError(f"{name} {value} must be larger than the largest k ({max(ks)})")
+    if (run_dir is None) != (cluster is None):
+        raise UserError("--run and --cluster go together")
+    if run_dir is not None and cluster is not None:
+        if generator is not None or class_label is not None:
+            raise UserError("with a run, the run's generator is used; pass no generator or class")
+        sampler = ClusterSampler.load(run_dir, device=device)
+        run, G = sampler.run, sampler.generator
+        path = run.resolve(cluster)
+        G.check_layer(layer)
+        seed = run.fit.seed if seed is None else check_seed(seed)
+        pool = run.fit.pool if pool is None else pool
+        share = run.tree.stats.get(path, {}).get("share")
+        latents, _ = collect_latents(G, run.tree, path, samples, refinement_stream(seed, path), share=share)
+        source = f"cluster {run.label(path)} of {run_dir}"
+    else:
+        G = load_generator(generator or GeneratorSpec("digiface-dcgan"), device=device).conditioned(
+            class_label
+        )
+        G.check_layer(layer)
+        seed = 0 if seed is None else check_seed(seed)
+        latents, source = sample_prior(G, samples, seed), G.name
+    check_pool(G, layer, pool)
+    feats = extract_features(G, layer, latents, pool=pool)
+    scan = scan_k(
+        feats,
+        ks,
+        seed=seed,
+        silhouette_samples=silhouette_samples,
+        eigengap_samples=eigengap_samples,
+        gpu=G.device.type == "cuda",
+    )
+    return ChooseK(scan, layer, source, seed, pool)
 
 
 # ---- the picture -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.progress import progress
 
@@ -26,6 +27,22 @@ def representation(G: GeneratorAdapter, z: torch.Tensor, layer: str, pool: int |
 def feature_dim(G: GeneratorAdapter, layer: str, pool: int | None = None) -> int:
     with torch.no_grad():
         return representation(G, G.sample_latents(1, 0).to(G.device), layer, pool).shape[1]
+
+
+def check_pool(G: GeneratorAdapter, layer: str, pool: int | None) -> None:
+    """``pool`` must shrink ``layer``'s feature maps (pool = their size changes nothing); a larger
+    value, or pooling a layer without spatial maps, would be silently ignored."""
+    if pool is None:
+        return
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+        raise UserError(f"--pool must be a whole number of at least 1 (got {pool!r})")
+    with torch.no_grad():
+        h = G.head(G.sample_latents(1, 0).to(G.device), layer)
+    if h.dim() != 4:
+        raise UserError(f"--pool: layer {layer} has no spatial feature maps to pool")
+    if pool > h.shape[-1]:
+        size = f"{h.shape[-2]}x{h.shape[-1]}"
+        raise UserError(f"--pool {pool} is larger than layer {layer}'s {size} feature maps")
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import torch
 from clusterguide import __version__
 from clusterguide.clustering import fit_kmeans
 from clusterguide.errors import UserError
-from clusterguide.features import extract_features
+from clusterguide.features import check_pool, extract_features
 from clusterguide.fit_metrics import measure_clusters, summarize
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import GeneratorSpec, load_generator
@@ -123,6 +123,7 @@ def fit_run(
     G = generator or load_generator(spec, device=device)
     G = G.conditioned(fit_cfg.class_label)
     G.check_layer(fit_cfg.layer)
+    check_pool(G, fit_cfg.layer, fit_cfg.pool)
     if fit_cfg.samples < 2:
         raise UserError(f"--samples must be at least 2 (got {fit_cfg.samples})")
     if fit_cfg.clusters < 2:

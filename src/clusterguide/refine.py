@@ -32,8 +32,8 @@ from clusterguide.fitting import split_cluster
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.mapping import MappingConfig
 from clusterguide.progress import bar
-from clusterguide.run import Run, _names_lock
-from clusterguide.seeding import derive_seed
+from clusterguide.run import Run, names_lock
+from clusterguide.seeding import refinement_stream
 from clusterguide.tree import ClusterTree
 
 Log = Callable[[str], None]
@@ -161,7 +161,7 @@ def refine_run(
     seed = run.fit.seed if seed is None else seed
     share = run.tree.stats.get(path, {}).get("share")
     latents, drawn = collect_latents(
-        G, run.tree, path, samples, derive_seed(seed, "refine", path), max_draws=max_draws, share=share
+        G, run.tree, path, samples, refinement_stream(seed, path), max_draws=max_draws, share=share
     )
     log(
         f"collected {samples} latents of cluster {path} from {drawn:,} prior samples "
@@ -227,7 +227,7 @@ def _config_sha(run_dir: Path) -> str:
 
 def _save_in_place(run: Run, run_dir: Path, config_sha: str, dropped: set[str]) -> None:
     """Replace the run folder, under the names lock so a rename made meanwhile is kept, not lost."""
-    with _names_lock(run_dir):
+    with names_lock(run_dir):
         if _config_sha(run_dir) != config_sha:
             raise UserError(
                 f"{run_dir} was changed by another command while refining; nothing was saved, run again"

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 import clusterguide
-from clusterguide import artifacts
+from clusterguide import artifacts, checks, run_schema
 from clusterguide.errors import NameTakenError, UserError
 from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.mapping import MappingConfig, MappingNetwork
@@ -112,11 +113,13 @@ class Run:
     def save(self, run_dir: str | Path, overwrite: bool = False, keep_other_files: bool = False) -> Path:
         """Write the whole folder atomically (staged under a temporary name, then renamed).
 
+        ``overwrite=True`` replaces an existing run folder (never a folder of other files).
+
         ``keep_other_files`` carries over files a user put in an existing folder (an overview
         picture, samples): updating a run in place (refine) must not delete them.
         """
         run_dir = Path(run_dir)
-        with artifacts.staged_dir(run_dir, overwrite=overwrite) as stage:
+        with artifacts.staged_dir(run_dir, overwrite=overwrite, kind=artifacts.FORMAT) as stage:
             if keep_other_files and run_dir.is_dir():
                 _carry_other_files(run_dir, stage)
             cluster_sha = artifacts.save_tensors(
@@ -166,60 +169,103 @@ class Run:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Run:
+        """Load a run folder, checking every field of its JSON files (see :mod:`run_schema`), then
+        every checksum, tensor key and shape."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"run folder {run_dir} does not exist")
         config = artifacts.read_json(run_dir / artifacts.CONFIG)
         if not isinstance(config, dict) or config.get("format") != artifacts.FORMAT:
             raise UserError(f"{run_dir} is not a clusterguide run folder (config.json has no run format)")
+        version = config.get("version")
+        raw_names = read_names(run_dir, checked=False)  # unreadable JSON says so itself
+        metrics_path = run_dir / artifacts.METRICS
+        raw_metrics = artifacts.read_json(metrics_path) if metrics_path.exists() else {}
         try:
-            files = config["files"]
-            centroids = artifacts.load_tensors(run_dir / artifacts.CLUSTERS, files[artifacts.CLUSTERS])
-            weights = artifacts.load_tensors(run_dir / artifacts.MAPPINGS, files[artifacts.MAPPINGS])
-            splits = {}
-            for p, meta in config["tree"]["splits"].items():
-                c = centroids[f"split:{p}"].numpy()
-                if c.shape[0] != meta["k"]:
-                    raise UserError(
-                        f"{run_dir}: split {p!r} has {c.shape[0]} centroids, config says {meta['k']}"
-                    )
-                splits[p] = Split(
-                    meta["layer"], c, meta.get("pool"), meta.get("samples", 0), meta.get("seed", 0)
+            run_schema.check_config(config)
+            names = run_schema.check_names(raw_names)
+            metrics = run_schema.check_metrics(raw_metrics)
+        except UserError as exc:
+            raise run_schema.in_file(run_dir, exc, version) from None
+        try:
+            return cls._from_checked(run_dir, config, names, metrics)
+        except UserError as exc:  # a newer writer may have changed more than the JSON shows
+            if run_schema.newer_than_this(version):
+                raise run_schema.in_file(run_dir, exc, version) from None
+            raise
+
+    @classmethod
+    def _from_checked(cls, run_dir: Path, config: dict, names: dict[str, str], metrics: dict) -> Run:
+        """The run from JSON that passed :mod:`run_schema`: tensors, checksums and shapes."""
+        files = config["files"]
+        centroids = artifacts.load_tensors(run_dir / artifacts.CLUSTERS, files[artifacts.CLUSTERS])
+        weights = artifacts.load_tensors(run_dir / artifacts.MAPPINGS, files[artifacts.MAPPINGS])
+        splits = {}
+        for p, meta in config["tree"]["splits"].items():
+            c = centroids.get(f"split:{p}")
+            if c is None or c.dim() != 2 or c.shape[0] != meta["k"]:
+                got = "none" if c is None else "x".join(map(str, c.shape))
+                raise UserError(
+                    f"{run_dir}: split {p!r} has centroids of shape {got}, config.json says {meta['k']} rows"
                 )
-            tree = ClusterTree(splits, config["tree"].get("stats", {}))
-            mappings = {}
-            for p, arch in config["mappings"].items():
-                net = MappingNetwork(arch["aux_dim"], arch["width"], arch["latent_dim"], arch["residual"])
-                prefix = f"{p}::"
-                state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-                try:
-                    net.load_state_dict(state, strict=True)
-                except RuntimeError as exc:
-                    raise UserError(
-                        f"{run_dir}: mapping of cluster {p} does not load: {str(exc).splitlines()[0]}"
-                    ) from None
-                mappings[p] = net.eval()
-            fit_cfg = FitConfig.from_json(config["fit"])
-            map_cfg = MappingConfig.from_json(config["mapping"])
-        except (KeyError, TypeError) as exc:
-            raise UserError(f"{run_dir}/config.json is damaged (missing or bad field {exc})") from None
-        names = artifacts.read_json(run_dir / artifacts.NAMES) if (run_dir / artifacts.NAMES).exists() else {}
-        metrics = (
-            artifacts.read_json(run_dir / artifacts.METRICS) if (run_dir / artifacts.METRICS).exists() else {}
-        )
+            splits[p] = Split(
+                meta["layer"], c.numpy(), meta.get("pool"), meta.get("samples", 0), meta.get("seed", 0)
+            )
+        tree = ClusterTree(splits, config["tree"].get("stats", {}))
+        mappings = {}
+        for p, arch in config["mappings"].items():
+            prefix = f"{p}::"
+            state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+            _check_mapping_shapes(run_dir, p, arch, state)  # before allocating a network of that size
+            net = MappingNetwork(arch["aux_dim"], arch["width"], arch["latent_dim"], arch["residual"])
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise UserError(
+                    f"{run_dir}: mapping of cluster {p} does not load: {str(exc).splitlines()[0]}"
+                ) from None
+            mappings[p] = net.eval()
         return cls(
             generator=GeneratorSpec.from_json(config["generator"]),
             generator_info=config["generator"].get("info", {}),
-            fit=fit_cfg,
-            mapping=map_cfg,
+            fit=FitConfig.from_json(config["fit"]),
+            mapping=MappingConfig.from_json(config["mapping"]),
             tree=tree,
             mappings=mappings,
             skipped=config.get("skipped", {}),
             metrics=metrics,
-            names={str(k): str(v) for k, v in names.items()},
+            names=names,
             history=config.get("history", []),
             path=run_dir,
         )
+
+
+def _check_mapping_shapes(run_dir: Path, path: str, arch: dict, state: dict[str, torch.Tensor]) -> None:
+    expected = {
+        "fc1.weight": (arch["width"], arch["aux_dim"]),
+        "fc2.weight": (arch["width"], arch["width"]),
+        "fc3.weight": (arch["latent_dim"], arch["width"]),
+    }
+    for key, shape in expected.items():
+        tensor = state.get(key)
+        if tensor is None or tuple(tensor.shape) != shape:
+            got = "missing" if tensor is None else "x".join(map(str, tensor.shape))
+            raise UserError(
+                f"{run_dir}: mapping of cluster {path}: {key} is {got}, config.json says "
+                f"{'x'.join(map(str, shape))}"
+            )
+
+
+def read_names(run_dir: str | Path, checked: bool = True) -> dict[str, str]:
+    """The names in ``run_dir``'s names.json (none if it is missing), checked unless told not to."""
+    path = Path(run_dir) / artifacts.NAMES
+    names = artifacts.read_json(path) if path.exists() else {}
+    if not checked:
+        return names
+    try:
+        return run_schema.check_names(names)
+    except UserError as exc:
+        raise run_schema.in_file(Path(run_dir), exc) from None
 
 
 _OWN_FILES = {artifacts.CONFIG, artifacts.CLUSTERS, artifacts.MAPPINGS, artifacts.NAMES, artifacts.METRICS}
@@ -248,13 +294,16 @@ def set_name(run_dir: str | Path, cluster: str, name: str) -> tuple[str, dict[st
 
     Returns the cluster path and all names. Names must be unique and must not look like a path.
     """
-    with _names_lock(Path(run_dir)):
+    with names_lock(Path(run_dir)):
         return _set_name_locked(Path(run_dir), cluster, name)
 
 
 @contextmanager
-def _names_lock(run_dir: Path):
-    """Serialise read-modify-write of names.json between processes and threads."""
+def names_lock(run_dir: Path) -> Iterator[None]:
+    """Serialise read-modify-write of a run folder's names.json between processes and threads.
+
+    Anything that rewrites the folder and must keep names given meanwhile (``refine``) holds it
+    while it reads names.json and replaces the folder."""
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist")
     with _THREAD_LOCK, open(run_dir / ".names.lock", "a") as handle:
@@ -266,12 +315,14 @@ def _names_lock(run_dir: Path):
 
 
 _THREAD_LOCK = threading.Lock()
+_names_lock = names_lock  # the old private name, for branches written before it was public
 
 
 def _set_name_locked(run_dir: Path, cluster: str, name: str) -> tuple[str, dict[str, str]]:
     run = Run.load(run_dir)
     path = run.resolve(cluster)
-    name = " ".join(str(name).split())
+    # newlines, tabs, escapes and other control characters would mangle every table that shows names
+    name = " ".join(checks.text(name, "a cluster name", control=False).split())
     if len(name) > 100:
         raise UserError("a cluster name is at most 100 characters")
     # Any path-shaped name, not only existing ones: a later refine could create that path.

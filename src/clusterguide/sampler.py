@@ -13,6 +13,7 @@ per-index streams (:mod:`seeding`), and the networks run in eval mode.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,12 @@ from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import load_generator
 from clusterguide.imaging import to_uint8
 from clusterguide.mapping import draw_inputs
+from clusterguide.progress import bar, progress
 from clusterguide.run import Run
-from clusterguide.seeding import BLOCK, derive_seed
+from clusterguide.seeding import BLOCK, check_seed, derive_seed
 
 METHODS = ("imle", "exact")
+PROGRESS_FROM = 1000  # images from which synthesize reports progress
 
 
 @dataclass
@@ -122,19 +125,21 @@ class ClusterSampler:
         kept: list[torch.Tensor] = []
         found, offset, last_accepted = 0, 0, -1
         stream = derive_seed(seed, "exact")
-        while found < n:
-            if offset >= limit:
-                raise UserError(
-                    f"exact sampling of cluster {path} found {found} of {n} in {offset} prior samples; use --method imle"
-                )
-            z = G.sample_latents(batch_size, stream, start=offset)
-            accepted = torch.from_numpy(np.nonzero(self.run.tree.membership(G, z, path))[0])
-            take = min(n - found, accepted.numel())
-            if take:
-                kept.append(z[accepted[:take]])
-                last_accepted = offset + int(accepted[take - 1])
-            found += take
-            offset += batch_size
+        with bar(n, desc=f"exact samples of {path}", unit="image", show=n >= PROGRESS_FROM) as b:
+            while found < n:
+                if offset >= limit:
+                    raise UserError(
+                        f"exact sampling of cluster {path} found {found} of {n} in {offset} prior samples; use --method imle"
+                    )
+                z = G.sample_latents(batch_size, stream, start=offset)
+                accepted = torch.from_numpy(np.nonzero(self.run.tree.membership(G, z, path))[0])
+                take = min(n - found, accepted.numel())
+                if take:
+                    kept.append(z[accepted[:take]])
+                    last_accepted = offset + int(accepted[take - 1])
+                    b.update(take)
+                found += take
+                offset += batch_size
         # counted up to the last accepted candidate, so the rate does not depend on batch size
         tried = last_accepted + 1
         return torch.cat(kept), tried
@@ -143,7 +148,11 @@ class ClusterSampler:
     @torch.no_grad()
     def synthesize(self, latents: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         out = []
-        for s in range(0, latents.shape[0], batch_size):
+        batches = range(0, latents.shape[0], batch_size)
+        starts: Iterable[int] = batches
+        if latents.shape[0] >= PROGRESS_FROM:  # small draws (the gallery's) stay quiet
+            starts = progress(batches, total=len(batches), desc="images", unit="batch")
+        for s in starts:
             out.append(to_uint8(self.generator.synthesize(latents[s : s + batch_size].to(self.device))))
         if not out:
             size = self.generator.image_size
@@ -161,6 +170,7 @@ class ClusterSampler:
         """``n`` images of ``cluster`` (a path like ``"1/0"`` or a name). ``imle``: G(T_c(e));
         ``exact``: prior samples that fall in the cluster. Image i of a seed does not depend on
         ``n`` or ``batch_size``."""
+        check_seed(seed)
         if n < 1:
             raise UserError(f"-n must be at least 1 (got {n})")
         if method not in METHODS:
@@ -177,5 +187,6 @@ class ClusterSampler:
 
     def random(self, n: int, seed: int = 0, batch_size: int = 64) -> SampleOutput:
         """Plain G(z) with z from the prior, for comparison."""
+        check_seed(seed)
         z = self.generator.sample_latents(n, derive_seed(seed, "prior"))
         return SampleOutput(self.synthesize(z, batch_size), z.numpy().astype(np.float32), "", "prior", seed)

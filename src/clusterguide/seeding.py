@@ -9,8 +9,19 @@ from __future__ import annotations
 
 import torch
 
+from clusterguide.checks import whole
+
 BLOCK = 256
 _MASK64 = (1 << 64) - 1
+# The seeds a user may give, the same for the CLI, the Python API and the gallery's API: exactly
+# the values derive_seed returns, so a seed derived from a seed is a valid seed again. Larger values
+# would alias silently (streams use the low 64 bits).
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` as an int if it is a whole number from 0 to :data:`MAX_SEED`; a one-line error otherwise."""
+    return whole(seed, name, 0, MAX_SEED)
 
 
 def _splitmix64(x: int) -> int:
@@ -30,6 +41,12 @@ def derive_seed(seed: int, *keys: int | str) -> int:
         else:
             x = _splitmix64(x ^ (int(key) & _MASK64))
     return x & ((1 << 63) - 1)
+
+
+def refinement_stream(seed: int, path: str) -> int:
+    """The prior stream whose latents refining cluster ``path`` with ``seed`` collects (and that
+    ``choose-k --run`` scans, so it sees exactly the latents a refine would split)."""
+    return derive_seed(check_seed(seed), "refine", path)
 
 
 def randn_streams(seed: int, start: int, n: int, dim: int, *, stream: str = "z") -> torch.Tensor:

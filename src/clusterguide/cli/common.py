@@ -1,15 +1,101 @@
-"""Options and checks shared by the CLI's commands."""
+"""Options and checks shared by the CLI's commands.
+
+Every number a command takes is checked here, where it enters, with the types below: a value out
+of range is one line naming the option (exit 2), before any work starts.
+"""
 
 from __future__ import annotations
 
 import functools
-import os
+import math
 from pathlib import Path
 
 import click
 
+from clusterguide.artifacts import check_writable
+from clusterguide.checks import whole
 from clusterguide.errors import UserError
 from clusterguide.progress import set_progress
+from clusterguide.seeding import MAX_SEED
+
+# Upper bounds are far above any sensible use; they stop absurd values (which would exhaust memory
+# or run for days) before any work, instead of failing deep inside.
+MAX_SAMPLES = 10_000_000  # prior latents drawn for a fit, refine or choose-k
+MAX_IMAGES = 100_000  # images of one sample, evaluation row or report grid (FID uses 50,000)
+MAX_CLUSTERS = 10_000
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_CLASS = 1_000_000
+MAX_POOL = 4096
+MAX_DRAWS = 10_000_000_000
+
+
+class Whole(click.ParamType):
+    """A whole-number option from ``lo`` to ``hi`` (inclusive), checked by :func:`checks.whole`."""
+
+    name = "integer"
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, int):
+            try:
+                value = int(str(value).strip(), 10)
+            except ValueError:
+                self.fail(f"{value!r} is not a valid integer.", param, ctx)
+        # a UserError, not click's "Invalid value for ...": the same line the library gives
+        return whole(value, _option_name(param), self.lo, self.hi)
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return f"{self.lo}..{self.hi}" if self.hi < 10**6 else "INTEGER"
+
+
+SEED = Whole(0, MAX_SEED)
+CLASS = Whole(0, MAX_CLASS)
+POOL = Whole(1, MAX_POOL)
+BATCH = Whole(1, MAX_BATCH)
+EPOCHS = Whole(1, MAX_EPOCHS)
+CLUSTERS = Whole(2, MAX_CLUSTERS)
+SAMPLES = Whole(2, MAX_SAMPLES)
+IMAGES = Whole(1, MAX_IMAGES)
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is not nan or infinite (click's FLOAT takes both)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            raise UserError(f"{_option_name(param)} must be a finite number (got {value!r})")
+        return number
+
+
+def _option_name(param: click.Parameter | None) -> str:
+    opts = getattr(param, "opts", None)
+    return max(opts, key=len) if opts else (param.name if param and param.name else "value")
+
+
+FINITE = FiniteFloat()
+
+
+class Device(click.ParamType):
+    """cpu, cuda, cuda:N or mps, checked against this machine before any work."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        from clusterguide.checks import device
+
+        return device(str(value), _option_name(param))
+
+
+DEVICE = Device()
 
 
 def generator_options(f):
@@ -31,7 +117,7 @@ def generator_options(f):
         ),
         click.option(
             "--truncation",
-            type=float,
+            type=FINITE,
             default=None,
             help="Truncation of the prior (BigGAN truncation, StyleGAN psi).",
         ),
@@ -48,7 +134,9 @@ def family_options(latent_space: str | None, truncation: float | None) -> dict:
 
 
 def quiet_option(f):
-    @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+    @click.option(
+        "--quiet", "-q", is_flag=True, help="No progress bars (or, without a terminal, stage lines)."
+    )
     @functools.wraps(f)
     def wrapper(*args, quiet: bool = False, **kwargs):
         if quiet:
@@ -66,8 +154,7 @@ def output_file(path: str, suffixes: tuple[str, ...]) -> Path:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write {path}: folder {parent} is not writable")
+    check_writable(parent, path)
     if p.is_dir():
         raise UserError(f"cannot write {path}: it is a folder")
     return p

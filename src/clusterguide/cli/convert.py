@@ -73,6 +73,8 @@ def convert(
     target = out or (converted_dir(name) if name else path.with_suffix(""))
     if target.resolve() == path.resolve():
         raise UserError(f"--out {target} would overwrite the pickle itself")
+    if target.exists() and not force:
+        raise UserError(f"{target} already exists (pass --force to replace it)")
     convert_stylegan2(path, target, trust_pickle=True, network=network, overwrite=force, source_name=name)
     click.echo(f"wrote {target}")
     click.echo(f"use it with: --generator {family} --checkpoint {source if name else target}")

@@ -7,7 +7,22 @@ from pathlib import Path
 import click
 import numpy as np
 
-from clusterguide.cli.common import family_options, generator_options, output_file, quiet_option
+from clusterguide.cli.common import (
+    BATCH,
+    CLASS,
+    CLUSTERS,
+    DEVICE,
+    EPOCHS,
+    IMAGES,
+    POOL,
+    SAMPLES,
+    SEED,
+    Whole,
+    family_options,
+    generator_options,
+    output_file,
+    quiet_option,
+)
 from clusterguide.display import metrics_table, table
 from clusterguide.errors import UserError
 from clusterguide.generators.registry import GeneratorSpec, load_generator
@@ -15,7 +30,7 @@ from clusterguide.generators.registry import GeneratorSpec, load_generator
 
 @click.command()
 @generator_options
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
 def layers(generator, checkpoint, latent_space, truncation, device):
     """List a generator's layers with their output shapes."""
     G = load_generator(
@@ -29,9 +44,9 @@ def layers(generator, checkpoint, latent_space, truncation, device):
 @click.command()
 @generator_options
 @click.option("--layer", required=True, help="Layer to cluster at (see `clusterguide layers`).")
-@click.option("--clusters", "k", type=int, required=True, help="Number of clusters K.")
-@click.option("--samples", type=int, default=20000, show_default=True, help="Prior latents N.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--clusters", "k", type=CLUSTERS, required=True, help="Number of clusters K.")
+@click.option("--samples", type=SAMPLES, default=20000, show_default=True, help="Prior latents N.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--mapping",
     "recipe",
@@ -40,18 +55,18 @@ def layers(generator, checkpoint, latent_space, truncation, device):
     show_default=True,
     help="Mapping recipe: the default, the previous full-space default, or Algorithm 1 as published.",
 )
-@click.option("--epochs", type=int, default=None, help="Mapping epochs (default: the recipe's).")
+@click.option("--epochs", type=EPOCHS, default=None, help="Mapping epochs (default: the recipe's).")
 @click.option(
     "--class",
     "class_label",
-    type=int,
+    type=CLASS,
     default=None,
     help="Class to cluster within (class-conditional generators: BigGAN, StyleGAN2 cifar10).",
 )
-@click.option("--pool", type=int, default=None, help="Average-pool feature maps to PxP before k-means.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--pool", type=POOL, default=None, help="Average-pool feature maps to PxP before k-means.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--out", required=True, type=click.Path(), help="Run folder to create.")
-@click.option("--force", is_flag=True, help="Replace an existing run folder.")
+@click.option("--force", is_flag=True, help="Replace an existing run folder (never a folder of other files).")
 @quiet_option
 def fit(
     generator,
@@ -71,13 +86,15 @@ def fit(
     force,
 ):
     """Cluster a generator's representations and learn a mapping per cluster."""
+    from clusterguide.artifacts import FORMAT, check_folder_target
     from clusterguide.fitting import fit_run
     from clusterguide.mapping import MappingConfig
     from clusterguide.run import FitConfig
 
     out_dir = Path(out)
-    if out_dir.exists() and not force:
+    if (out_dir.exists() or out_dir.is_symlink()) and not force:
         raise UserError(f"{out_dir} already exists (pass --force to replace it)")
+    check_folder_target(out_dir, overwrite=True, kind=FORMAT)  # before minutes of work, not after
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs must be at least 1 (got {epochs})")
     spec = GeneratorSpec(generator, checkpoint, family_options(latent_space, truncation))
@@ -90,12 +107,25 @@ def fit(
     click.echo(metrics_table(run.metrics))
     summary = run.metrics.get("summary", {})
     click.echo(
-        f"fit {run.metrics['fit_seconds']:.1f}s, recipe {recipe}; "
+        f"fit {run.metrics['fit_seconds']:.1f}s ({_fit_split(run.metrics)}), recipe {recipe}; "
         f"min fidelity {summary.get('min_fidelity', float('nan')):.3f}, "
         f"min norm ratio {summary.get('min_norm_ratio', float('nan')):.3f}, "
         f"min recall {summary.get('min_recall', float('nan')):.3f}"
     )
     click.echo(f"saved {out_dir}")
+
+
+def _fit_split(metrics: dict) -> str:
+    """Where a fit's time went: the stages of its first split, and the rest (mostly evaluation)."""
+    root = metrics.get("timings", {}).get("root", {})
+    parts = {
+        "features": root.get("features_s"),
+        "k-means": root.get("kmeans_s"),
+        "mappings": root.get("mappings_s"),
+    }
+    known = {k: v for k, v in parts.items() if isinstance(v, (int, float))}
+    rest = metrics["fit_seconds"] - sum(known.values())
+    return ", ".join([*(f"{k} {v:.1f}s" for k, v in known.items()), f"evaluation and the rest {rest:.1f}s"])
 
 
 def _sampler(run_dir: str, device: str, class_label: int | None):
@@ -107,14 +137,14 @@ def _sampler(run_dir: str, device: str, class_label: int | None):
 @click.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--cluster", required=True, help="Cluster path (e.g. 2 or 1/0) or name.")
-@click.option("-n", "n", type=int, default=16, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-n", "n", type=IMAGES, default=16, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--method", type=click.Choice(["imle", "exact"]), default="imle", show_default=True)
 @click.option(
-    "--class", "class_label", type=int, default=None, help="Sample another class (cross-class transfer)."
+    "--class", "class_label", type=CLASS, default=None, help="Sample another class (cross-class transfer)."
 )
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", type=BATCH, default=64, show_default=True)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
 @click.option("--out", required=True, help="FILE: writes FILE.png (grid) and FILE.npz (images, latents).")
 @quiet_option
 def sample(run_dir, cluster, n, seed, method, class_label, batch_size, device, out):
@@ -145,11 +175,11 @@ def sample(run_dir, cluster, n, seed, method, class_label, batch_size, device, o
 @click.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--out", required=True, help="PNG file for the overview.")
-@click.option("--per-cluster", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--per-cluster", type=Whole(1, 256), default=8, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--method", type=click.Choice(["imle", "exact"]), default="imle", show_default=True)
-@click.option("--class", "class_label", type=int, default=None)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--class", "class_label", type=CLASS, default=None)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
 @quiet_option
 def grid(run_dir, out, per_cluster, seed, method, class_label, device):
     """One labelled row per cluster (per leaf of a tree)."""

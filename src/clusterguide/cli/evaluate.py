@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
 
-from clusterguide.cli.common import output_file, quiet_option
+from clusterguide.cli.common import BATCH, DEVICE, IMAGES, SAMPLES, SEED, Whole, output_file, quiet_option
 from clusterguide.errors import UserError
 from clusterguide.evaluation.probes import probe_names
 
@@ -22,9 +23,9 @@ def evaluation_options(f):
             help="Attribute probe (face needs pip install 'clusterguide[faces]').",
         ),
         click.option(
-            "-n", "n", type=int, default=500, show_default=True, help="Images per row of both tables."
+            "-n", "n", type=IMAGES, default=500, show_default=True, help="Images per row of both tables."
         ),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True),
         click.option(
             "--method",
             "methods",
@@ -40,14 +41,14 @@ def evaluation_options(f):
         ),
         click.option(
             "--select-n",
-            type=int,
+            type=IMAGES,
             default=64,
             show_default=True,
             help="Images per candidate when choosing a cluster, direction or step for Table 2.",
         ),
         click.option(
             "--components",
-            type=int,
+            type=Whole(1, 4096),
             default=10,
             show_default=True,
             help="GANSpace/SeFa directions considered.",
@@ -59,7 +60,7 @@ def evaluation_options(f):
         ),
         click.option(
             "--ganspace-samples",
-            type=int,
+            type=SAMPLES,
             default=4000,
             show_default=True,
             help="Prior samples for GANSpace's PCA.",
@@ -70,8 +71,8 @@ def evaluation_options(f):
             show_default=True,
             help="Step lengths tried along a GANSpace/SeFa direction (comma-separated).",
         ),
-        click.option("--batch-size", type=int, default=64, show_default=True),
-        click.option("--device", default="cpu", show_default=True),
+        click.option("--batch-size", type=BATCH, default=64, show_default=True),
+        click.option("--device", type=DEVICE, default="cpu", show_default=True),
     ]
     for option in reversed(options):
         f = option(f)
@@ -96,6 +97,8 @@ def _steps(text: str) -> tuple[float, ...]:
         steps = tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise UserError(f"--steps takes comma-separated numbers, e.g. 2,4,6,8 (got {text!r})") from None
+    if not steps or len(steps) > 100 or not all(math.isfinite(s) for s in steps):
+        raise UserError(f"--steps takes 1 to 100 finite numbers, e.g. 2,4,6,8 (got {text!r})")
     return steps
 
 
@@ -181,7 +184,9 @@ def evaluate(run_dir, json_path, **options):
     help="Evaluation JSON to use [default: RUN_DIR/evaluation-PROBE.json when it exists].",
 )
 @click.option("--fresh", is_flag=True, help="Recompute the evaluation even when a JSON exists.")
-@click.option("--per-row", type=int, default=16, show_default=True, help="Images in each sample grid.")
+@click.option(
+    "--per-row", type=Whole(1, 1024), default=16, show_default=True, help="Images in each sample grid."
+)
 @evaluation_options
 @quiet_option
 def report(run_dir, out, evaluation_path, fresh, per_row, **options):

@@ -6,6 +6,8 @@ import logging
 
 import click
 
+from clusterguide.cli.common import DEVICE
+
 
 @click.command()
 @click.argument("run_dir", type=click.Path())
@@ -22,10 +24,14 @@ import click
     show_default=True,
     help="Address to bind; anything but a loopback address exposes the gallery to your network.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda, for sampling.")
+@click.option(
+    "--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N, for sampling."
+)
 @click.option("--verbose", "-v", is_flag=True, help="Log every request, not only refused ones.")
-def serve(run_dir, port, host, device, verbose):
-    """Browse, name and sample a run's clusters in a web page."""
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in your web browser.")
+def serve(run_dir, port, host, device, verbose, open_browser):
+    """Serve a web page to browse, name and sample a run's clusters; prints its address (with the
+    access token the page needs; --open opens it in your browser)."""
     from clusterguide.web.server import make_server
 
     logging.basicConfig(
@@ -34,11 +40,16 @@ def serve(run_dir, port, host, device, verbose):
     server = make_server(run_dir, host=host, port=port, device=device)
     if not server.loopback:
         click.echo(
-            f"warning: listening on {host}: anyone who can reach this machine can view and rename "
-            "clusters (there is no login)",
+            f"warning: listening on {host}: anyone on your network who has the address below (with its "
+            "token) can view and rename clusters; the traffic is not encrypted",
             err=True,
         )
-    click.echo(f"serving {run_dir} at {server.url}  (Ctrl+C to stop)", err=False)
+    click.echo(f"serving {run_dir} at {server.page_url}  (Ctrl+C to stop)", err=False)
+    if open_browser:
+        import webbrowser
+
+        if not webbrowser.open(server.page_url):
+            click.echo("could not open a browser; open the address above", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

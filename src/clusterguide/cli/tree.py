@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from click.core import ParameterSource
 
-from clusterguide.cli.common import family_options, generator_options, output_file, quiet_option
+from clusterguide.cli.common import (
+    CLASS,
+    CLUSTERS,
+    DEVICE,
+    EPOCHS,
+    MAX_DRAWS,
+    POOL,
+    SAMPLES,
+    SEED,
+    Whole,
+    family_options,
+    generator_options,
+    output_file,
+    quiet_option,
+)
 from clusterguide.errors import UserError
 from clusterguide.generators.registry import GeneratorSpec
 
@@ -23,15 +39,15 @@ GENERATOR_FLAGS = {
 @click.argument("run_dir", type=click.Path())
 @click.option("--cluster", required=True, help="Cluster to refine: a path (1 or 1/0) or a name.")
 @click.option("--layer", required=True, help="Layer to cluster its latents at (see `clusterguide layers`).")
-@click.option("--clusters", "k", type=int, required=True, help="Number of children K.")
+@click.option("--clusters", "k", type=CLUSTERS, required=True, help="Number of children K.")
 @click.option(
     "--samples",
-    type=int,
+    type=SAMPLES,
     default=5000,
     show_default=True,
     help="Latents of the cluster to collect and split.",
 )
-@click.option("--seed", type=int, default=None, help="Seed of the latents and k-means [default: the run's].")
+@click.option("--seed", type=SEED, default=None, help="Seed of the latents and k-means [default: the run's].")
 @click.option(
     "--mapping",
     "recipe",
@@ -39,22 +55,25 @@ GENERATOR_FLAGS = {
     default=None,
     help="Mapping recipe for the children (default: the run's).",
 )
-@click.option("--epochs", type=int, default=None, help="Mapping epochs (default: the run's).")
+@click.option("--epochs", type=EPOCHS, default=None, help="Mapping epochs (default: the run's).")
 @click.option(
     "--max-draws",
-    type=int,
+    type=Whole(1, MAX_DRAWS),
     default=2_000_000,
     show_default=True,
     help="Give up when this many prior samples hold too few latents of the cluster.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--force", is_flag=True, help="Replace an existing split of the cluster and all under it.")
 @quiet_option
 def refine(run_dir, cluster, layer, k, samples, seed, recipe, epochs, max_draws, device, force):
     """Split one cluster of a run again at another layer (a cluster tree, paper §4.3)."""
+    from clusterguide.artifacts import FORMAT, check_folder_target
     from clusterguide.display import metrics_table
     from clusterguide.refine import refine_run
 
+    if Path(run_dir).is_dir():  # refine replaces the folder: check it can, before minutes of work
+        check_folder_target(run_dir, overwrite=True, kind=FORMAT)
     out = refine_run(
         run_dir,
         cluster,
@@ -108,23 +127,23 @@ def name(run_dir, cluster, new_name, clear):
 @generator_options
 @click.option("--layer", required=True, help="Layer to cluster at (see `clusterguide layers`).")
 @click.option("--k-range", "k_range", default="2..12", show_default=True, help="Values of k: 2..12 or 2,4,8.")
-@click.option("--samples", type=int, default=5000, show_default=True, help="Latents to cluster.")
+@click.option("--samples", type=SAMPLES, default=5000, show_default=True, help="Latents to cluster.")
 @click.option(
     "--silhouette-samples",
-    type=int,
+    type=Whole(2, 20_000),  # a dense distance matrix: 1.6 GB at the top
     default=2000,
     show_default=True,
     help="Subsample for the silhouette (pairwise distances).",
 )
 @click.option(
     "--eigengap-samples",
-    type=int,
+    type=Whole(2, 10_000),  # a dense eigendecomposition
     default=1000,
     show_default=True,
     help="Subsample for the affinity graph's spectrum.",
 )
-@click.option("--pool", type=int, default=None, help="Average-pool feature maps to PxP (as in fit).")
-@click.option("--class", "class_label", type=int, default=None, help="Class to cluster within (BigGAN).")
+@click.option("--pool", type=POOL, default=None, help="Average-pool feature maps to PxP (as in fit).")
+@click.option("--class", "class_label", type=CLASS, default=None, help="Class to cluster within (BigGAN).")
 @click.option(
     "--run",
     "run_dir",
@@ -133,8 +152,8 @@ def name(run_dir, cluster, new_name, clear):
     help="Choose k for refining a cluster of this run (with --cluster), with its generator.",
 )
 @click.option("--cluster", default=None, help="With --run: the cluster (path or name) to be refined.")
-@click.option("--seed", type=int, default=None, help="Seed of latents, k-means [default: 0, or the run's].")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--seed", type=SEED, default=None, help="Seed of latents, k-means [default: 0, or the run's].")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--out", required=True, help="PNG file for the plot.")
 @quiet_option
 @click.pass_context
@@ -160,18 +179,10 @@ def choose_k(
     """Plot the elbow, silhouette and eigengap over a range of k, and recommend one."""
     from clusterguide import choose_k as ck
     from clusterguide.display import table
-    from clusterguide.features import extract_features
     from clusterguide.imaging import save_image
 
     path = output_file(out, (".png",))
     ks = ck.parse_k_range(k_range)
-    for flag, value in (
-        ("--samples", samples),
-        ("--silhouette-samples", silhouette_samples),
-        ("--eigengap-samples", eigengap_samples),
-    ):
-        if value <= ks[-1]:
-            raise UserError(f"{flag} {value} must be larger than the largest k ({ks[-1]})")
     if (run_dir is None) != (cluster is None):
         raise UserError("--run and --cluster go together")
     if run_dir is not None:
@@ -182,28 +193,24 @@ def choose_k(
         ]
         if given:
             raise UserError(f"with --run the run's generator is used; drop {', '.join(given)}")
-        latents, G, where, pool, seed = _cluster_latents(run_dir, cluster, layer, samples, seed, device, pool)
-    else:
-        from clusterguide.fitting import sample_prior
-        from clusterguide.generators.registry import load_generator
-
-        spec = GeneratorSpec(generator, checkpoint, family_options(latent_space, truncation))
-        G = load_generator(spec, device=device).conditioned(class_label)
-        G.check_layer(layer)
-        seed = 0 if seed is None else seed
-        latents, where = sample_prior(G, samples, seed), G.name
-    G.check_layer(layer)
-    feats = extract_features(G, layer, latents, pool=pool)
-    scan = ck.scan_k(
-        feats,
+    found = ck.choose_k(
+        layer,
         ks,
-        seed=seed,
+        generator=None
+        if run_dir is not None
+        else GeneratorSpec(generator, checkpoint, family_options(latent_space, truncation)),
+        class_label=class_label,
+        run_dir=run_dir,
+        cluster=cluster,
+        samples=samples,
         silhouette_samples=silhouette_samples,
         eigengap_samples=eigengap_samples,
-        gpu=G.device.type == "cuda",
+        seed=seed,
+        pool=pool,
+        device=device,
     )
-    title = f"choosing k: {where} @ {layer}, {scan.samples} samples"
-    save_image(ck.plot_scan(scan, title), path)
+    scan = found.scan
+    save_image(ck.plot_scan(scan, found.title), path)
     rows = []
     for i, k in enumerate(scan.ks):
         picked = " ".join(c for c, v in scan.picks.items() if v == k)
@@ -212,19 +219,3 @@ def choose_k(
     click.echo(table(["k", "inertia", "silhouette", "eigengap", "picked by"], rows))
     click.echo(f"recommended k = {scan.k}: {scan.reason}")
     click.echo(f"wrote {path}")
-
-
-def _cluster_latents(run_dir, cluster, layer, samples, seed, device, pool):
-    """The latents `clusterguide refine` would split (same stream), with the run's generator."""
-    from clusterguide.refine import collect_latents
-    from clusterguide.sampler import ClusterSampler
-    from clusterguide.seeding import derive_seed
-
-    sampler = ClusterSampler.load(run_dir, device=device)
-    run, G = sampler.run, sampler.generator
-    path = run.resolve(cluster)
-    seed = run.fit.seed if seed is None else seed
-    share = run.tree.stats.get(path, {}).get("share")
-    latents, _ = collect_latents(G, run.tree, path, samples, derive_seed(seed, "refine", path), share=share)
-    G.check_layer(layer)
-    return latents, G, f"cluster {run.label(path)} of {run_dir}", run.fit.pool if pool is None else pool, seed

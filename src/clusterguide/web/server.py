@@ -16,15 +16,22 @@ few cores gains nothing from two), while the server keeps answering other reques
 
 Safety: files are served only from the static folder by exact name; the run folder is read through
 :class:`~clusterguide.run.Run` and written only through ``set_name`` (file-locked, atomic). Every
-field is checked; malformed input gets a 4xx with a JSON ``{"error": ...}`` and a warning in the
-``clusterguide.web`` log. Bound to a loopback address, requests whose ``Host`` is not a loopback
-name are refused (DNS rebinding), and POSTs must be JSON from the page's own origin (CSRF).
+field is checked; malformed input (an unknown method, a URI over 64 KiB included) gets a 4xx/5xx
+with a JSON ``{"error": ...}`` and a warning in the ``clusterguide.web`` log; a client that hangs up
+costs a debug line, never a traceback. As local notebook servers do, the server makes a random
+access token, printed with its address (``/?token=...``): every POST needs it (an
+``Authorization: token ...`` header, or the cookie the page's address sets plus the page's CSRF
+token in ``X-CSRF-Token``), and on a non-loopback address every request does. Bound to a loopback
+address, requests whose ``Host`` is not a loopback name are refused (DNS rebinding), and POSTs must
+be JSON from the page's own origin.
 """
 
 from __future__ import annotations
 
 import base64
 import errno
+import hmac
+import http.cookies
 import io
 import ipaddress
 import json
@@ -32,6 +39,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import socket
 import threading
 import time
@@ -40,14 +48,18 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from clusterguide import artifacts
+from clusterguide import artifacts, seeding
+from clusterguide.checks import CONTROL
 from clusterguide.errors import NameTakenError, UserError
 from clusterguide.imaging import grid_image
-from clusterguide.run import Run, set_name
+from clusterguide.run import Run, read_names, set_name
+
+if TYPE_CHECKING:
+    from clusterguide.sampler import ClusterSampler
 
 LOG = logging.getLogger("clusterguide.web")
 
@@ -63,16 +75,19 @@ CONTENT_TYPES = {
 METHODS = ("imle", "exact")
 MAX_N = 64  # images per draw
 DEFAULT_N = 16
-MAX_SEED = 2**31 - 1  # stays an exact number in JavaScript
+MAX_SEED = seeding.MAX_SEED  # one range for the CLI, the API and the gallery (the page: up to 2**53 - 1)
 MAX_BODY = 16 * 1024  # bytes of a POST body
 MAX_DRAIN = 1024 * 1024  # a refused body up to this size is read and dropped, so the client gets its 4xx
 MAX_CLUSTER_CHARS = 200
 MAX_NAME_CHARS = 100
+MAX_URI = 65_536  # bytes of a request line (http.server's own limit): longer gets a 414
+CSRF_META = '<meta name="csrf-token" content="">'  # filled in when index.html is served
 CACHE_BYTES = 256 * 2**20  # recent draws kept for the downloads
 
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # no leading dot
-_INT = re.compile(r"\d{1,12}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_INT = re.compile(r"\d{1,19}")
+_TOKEN_IN_QUERY = re.compile(r"([?&])token=[^&#]*")
+_CONTROL = CONTROL  # the same characters names refuse everywhere
 _CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -158,7 +173,7 @@ class Gallery:
         self._load_lock = threading.Lock()  # one sampler load at a time
         self._run = Run.load(self.run_dir)
         self._stamp = self._config_stamp()
-        self._sampler = None
+        self._sampler: ClusterSampler | None = None
         self._cache: OrderedDict[tuple, Draw] = OrderedDict()
         self._cache_bytes = 0
 
@@ -188,17 +203,11 @@ class Gallery:
         return replace(run, names=self._read_names(run.names))
 
     def _read_names(self, fallback: dict[str, str]) -> dict[str, str]:
-        path = self.run_dir / artifacts.NAMES
-        if not path.exists():
-            return {}
         try:
-            names = artifacts.read_json(path)
+            return read_names(self.run_dir)
         except UserError as exc:
             LOG.warning("%s; showing the names last read", exc)
             return dict(fallback)
-        if not isinstance(names, dict):
-            return dict(fallback)
-        return {str(k): str(v) for k, v in names.items()}
 
     def run_json(self) -> dict:
         run = self.run()
@@ -420,7 +429,48 @@ class Handler(BaseHTTPRequestHandler):
     def _other_method(self) -> None:
         self._dispatch(self.command)
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _other_method
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError) as exc:  # the client went away: nothing to answer
+            LOG.debug("%s: connection lost (%s)", self.client_address[0], type(exc).__name__)
+            self.close_connection = True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, unknown method, URI too long) as JSON."""
+        self._unread = 0
+        if not hasattr(self, "path"):  # refused before the request line was parsed
+            self.path = ""
+        self.command = self.command or "-"
+        if code == 414:
+            self._drain_request_head()
+        text = message or self.responses.get(code, ("error",))[0]
+        if code == 501:
+            text = f"method {self.command[:20]!r} is not supported; use GET, HEAD or POST"
+        self.log_error("code %d: %s", code, text)
+        self.close_connection = True
+        try:
+            self._send_json(code, {"error": text})
+        except (ConnectionError, TimeoutError):
+            pass
+
+    def _drain_request_head(self) -> None:
+        """Read the rest of an over-long request line and its headers, so the client reads our 414
+        instead of a reset (closing a socket with unread input sends one)."""
+        line: bytes = getattr(self, "raw_requestline", b"")
+        budget = MAX_DRAIN
+        while not line.endswith(b"\n") and budget > 0:
+            line = self.rfile.readline(min(budget, 65536))
+            if not line:
+                return
+            budget -= len(line)
+        while budget > 0:
+            line = self.rfile.readline(65536)
+            budget -= len(line)
+            if line in (b"\r\n", b"\n", b""):
+                return
 
     _GET: ClassVar[dict[str, str]] = {
         "/": "_index",
@@ -434,9 +484,11 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         length = self.headers.get("Content-Length", "").strip()
         self._unread = int(length) if _INT.fullmatch(length) else 0  # body bytes not read (yet)
+        self._set_cookie = self._authorized = False
         try:
             self._check_host()
             path, query = self._target()
+            query = self._check_access(method, query)
             if method in ("GET", "HEAD") and path in self._GET:
                 getattr(self, self._GET[path])(query)
             elif method in ("GET", "HEAD") and path.startswith("/static/"):
@@ -450,16 +502,62 @@ class Handler(BaseHTTPRequestHandler):
                 raise HTTPError(405, f"{method} is not allowed here; use {allow}", {"Allow": allow})
             else:
                 raise HTTPError(404, "not found")
+            return
         except HTTPError as exc:
-            self._refuse(exc.status, exc.message, exc.headers)
+            status, reply, headers = exc.status, {"error": exc.message}, exc.headers
+            self._log_refusal(status, exc.message)
         except (ConnectionError, TimeoutError):
             self.close_connection = True
+            return
         except UserError as exc:  # the server's side: e.g. the generator's weights went missing
-            LOG.error("%s %s failed: %s", self.command, ascii(self.path[:200]), exc)
-            self._send_json(500, {"error": str(exc)})
+            LOG.error("%s %s failed: %s", self.command, self._logged_path(), exc)
+            status, reply, headers = 500, {"error": str(exc)}, {}
         except Exception:  # a bug: log the traceback, tell the client only that it failed
-            LOG.exception("%s %s failed", self.command, ascii(self.path[:200]))
-            self._send_json(500, {"error": "internal error; see the server's log"})
+            LOG.exception("%s %s failed", self.command, self._logged_path())
+            status, reply, headers = 500, {"error": "internal error; see the server's log"}, {}
+        try:  # the client may have hung up (or sent less than its Content-Length) meanwhile
+            self._drain_unread()
+            self._send_json(status, reply, headers)
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+
+    def _check_access(self, method: str, query: str) -> str:
+        """Enforce the access token; returns the query without its ``token`` field."""
+        server = self.server
+        given = None
+        if "token=" in query:
+            pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+            given = next((v for k, v in pairs if k == "token"), None)
+            query = urllib.parse.urlencode([(k, v) for k, v in pairs if k != "token"])
+        header = self.headers.get("Authorization", "")
+        by_header = header[:6].lower() == "token " and _same(header[6:].strip(), server.token)
+        by_query = given is not None and _same(given, server.token)
+        by_cookie = _same(self._cookie(server.cookie_name), server.token)
+        if given is not None and not by_query:
+            raise HTTPError(403, "wrong access token; use the address `clusterguide serve` printed")
+        self._set_cookie = by_query  # the page's address carries the token once; the cookie after
+        self._authorized = by_header or by_query or by_cookie
+        if not self._authorized and not server.loopback:
+            raise HTTPError(
+                403, "this gallery needs its access token: open the address `clusterguide serve` printed"
+            )
+        if method not in ("GET", "HEAD") and not by_header:
+            if not by_cookie:
+                raise HTTPError(
+                    403, "writing needs the access token: open the address `clusterguide serve` printed"
+                )
+            if not _same(self.headers.get("X-CSRF-Token"), server.csrf):
+                raise HTTPError(403, "missing or wrong CSRF token; reload the page")
+        return query
+
+    def _cookie(self, name: str) -> str | None:
+        jar = http.cookies.SimpleCookie()
+        try:
+            jar.load(self.headers.get("Cookie", ""))
+        except http.cookies.CookieError:
+            return None
+        morsel = jar.get(name)
+        return morsel.value if morsel is not None else None
 
     def _check_host(self) -> None:
         if not self.server.loopback:
@@ -518,7 +616,12 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- routes -----------------------------------------------------------------------------
     def _index(self, query: str) -> None:
-        self._static("index.html", query)
+        page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+        # the CSRF token goes only into pages of a client that holds the access token
+        csrf = self.server.csrf if self._authorized else ""
+        page = page.replace(CSRF_META, f'<meta name="csrf-token" content="{csrf}">')
+        headers = {"Cache-Control": "no-store", "Content-Security-Policy": _CSP, "X-Frame-Options": "DENY"}
+        self._send(200, page.encode("utf-8"), CONTENT_TYPES[".html"], headers)
 
     def _static(self, name: str, query: str) -> None:
         if not name or "/" in name:
@@ -582,6 +685,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Referrer-Policy", "no-referrer")
         headers = headers or {}
         headers.setdefault("Cache-Control", "no-store")
+        if getattr(self, "_set_cookie", False) and status < 400:
+            server = self.server
+            headers["Set-Cookie"] = f"{server.cookie_name}={server.token}; Path=/; HttpOnly; SameSite=Strict"
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
@@ -591,29 +697,39 @@ class Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, data: dict, headers: dict | None = None) -> None:
         self._send(status, json.dumps(data).encode(), "application/json", headers)
 
-    def _refuse(self, status: int, message: str, headers: dict | None = None) -> None:
+    def _logged_path(self) -> str:
+        """The request target for the log, with any access token blanked out."""
+        return ascii(_TOKEN_IN_QUERY.sub(r"\1token=...", getattr(self, "path", ""))[:200])
+
+    def _log_refusal(self, status: int, message: str) -> None:
         LOG.warning(
             "%s %s from %s -> %d: %s",
             self.command,
-            ascii(self.path[:200]),
+            self._logged_path(),
             self.client_address[0],
             status,
             message,
         )
+
+    def _drain_unread(self) -> None:
         if 0 < self._unread <= MAX_DRAIN:
             # read a refused body before answering: closing a socket with unread input sends a
             # reset, and the client would never see the answer
             self.rfile.read(self._unread)
-        self._send_json(status, {"error": message}, headers)
+        self._unread = 0
 
-    def log_request(self, code="-", size="-") -> None:  # refusals are logged by _refuse
-        LOG.debug("%s %s -> %s", self.command, ascii(self.path[:200]), code)
+    def log_request(self, code="-", size="-") -> None:  # refusals are logged by _log_refusal
+        LOG.debug("%s %s -> %s", self.command, self._logged_path(), code)
 
     def log_error(self, format: str, *args) -> None:  # http.server's own: bad request line, ...
         LOG.warning("%s: %s", self.client_address[0], format % args)
 
     def log_message(self, format: str, *args) -> None:
         LOG.debug("%s: %s", self.client_address[0], format % args)
+
+
+def _same(given: str | None, secret: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), secret.encode())
 
 
 def _attachment(filename: str) -> dict:
@@ -627,6 +743,8 @@ class GalleryServer(ThreadingHTTPServer):
 
     def __init__(self, gallery: Gallery, host: str = "127.0.0.1", port: int = 0) -> None:
         self.gallery = gallery
+        self.token = secrets.token_urlsafe(24)  # printed with the address; needed to write
+        self.csrf = secrets.token_urlsafe(24)  # put into the page; sent back with its POSTs
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.loopback = _is_loopback_host(host)
@@ -646,8 +764,27 @@ class GalleryServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host = self.server_address[0]
+        host = str(self.server_address[0])
         return f"http://[{host}]:{self.port}/" if ":" in host else f"http://{host}:{self.port}/"
+
+    @property
+    def page_url(self) -> str:
+        """The address to open: the page with the access token."""
+        return f"{self.url}?token={self.token}"
+
+    @property
+    def cookie_name(self) -> str:
+        return f"clusterguide-token-{self.port}"  # cookies ignore ports: one per server
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up is no error; anything else is logged (not printed to stderr)."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            LOG.debug("%s: connection lost (%s)", client_address[0], type(exc).__name__)
+        else:
+            LOG.exception("request from %s failed", client_address[0])
 
 
 def make_server(

@@ -6,7 +6,7 @@ const $ = (sel, root = document) => root.querySelector(sel);
 
 const state = {
   run: null,
-  limits: { n_max: 64, n_default: 16, seed_max: 2147483647, name_max: 100 },
+  limits: { n_max: 64, n_default: 16, seed_max: Number.MAX_SAFE_INTEGER, name_max: 100 },
   cards: new Map(), // cluster path -> {el, cluster, shown: {method, seed, n} | null}
   queue: [], // {path, method, seed, n}
   busy: false,
@@ -16,10 +16,14 @@ const state = {
 };
 
 // ---- API --------------------------------------------------------------------------------------
+// The server puts a CSRF token into the page when it was opened with its access token (the address
+// `clusterguide serve` prints); every POST sends it back. Without it the page can only show the run.
+const csrfToken = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+
 async function api(path, body) {
   const init = body === undefined ? {} : {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
     body: JSON.stringify(body),
   };
   const res = await fetch(path, init);
@@ -34,6 +38,9 @@ async function api(path, body) {
   }
   return data;
 }
+
+// the server takes seeds up to 2**63 - 1; the page's numbers are exact up to 2**53 - 1
+const seedMax = () => Math.min(state.limits.seed_max, Number.MAX_SAFE_INTEGER);
 
 // ---- formatting -------------------------------------------------------------------------------
 const fmtShare = (x) => (x == null ? "—" : `${(100 * x).toFixed(x < 0.1 ? 1 : 0)}%`);
@@ -52,7 +59,8 @@ function readControls() {
   const method = $("#method").value;
   const seed = Number($("#seed").value);
   const n = Number($("#count").value);
-  const { seed_max, n_max } = state.limits;
+  const { n_max } = state.limits;
+  const seed_max = seedMax();
   const seedOk = $("#seed").value.trim() !== "" && Number.isInteger(seed) && seed >= 0 && seed <= seed_max;
   const nOk = $("#count").value.trim() !== "" && Number.isInteger(n) && n >= 1 && n <= n_max;
   $("#seed").setAttribute("aria-invalid", String(!seedOk));
@@ -139,7 +147,7 @@ function makeCard(cluster) {
       toast(err.message, "error");
       return;
     }
-    const seed = card.shown ? (card.shown.seed + 1) % (state.limits.seed_max + 1) : controls.seed;
+    const seed = card.shown ? (card.shown.seed + 1) % (seedMax() + 1) : controls.seed;
     enqueue([{ path: cluster.path, method: controls.method, seed, n: controls.n }]);
   });
   state.cards.set(cluster.path, card);
@@ -312,7 +320,7 @@ async function main() {
   Object.assign(state.limits, run.limits);
   $("#count").max = String(run.limits.n_max);
   $("#count").value = String(run.limits.n_default);
-  $("#seed").max = String(run.limits.seed_max);
+  $("#seed").max = String(seedMax());
   document.title = `${run.run} · clusterguide gallery`;
   $("#run-name").textContent = run.run;
   const leaves = run.clusters.filter((c) => c.leaf);
@@ -322,6 +330,14 @@ async function main() {
     `${fmtInt(run.samples)} prior samples · seed ${run.seed}`;
   const cards = $("#cards");
   cards.replaceChildren(...leaves.map(makeCard));
+  if (!csrfToken()) {
+    $("#run-meta").textContent =
+      "This page needs its access token to draw and name clusters: open the address " +
+      "`clusterguide serve` printed (it ends in ?token=…).";
+    document.body.classList.add("locked");
+    for (const el of document.querySelectorAll("button, input, select")) el.disabled = true;
+    return;
+  }
   drawAll();
 }
 
