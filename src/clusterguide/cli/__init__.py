@@ -27,6 +27,7 @@ for module_name, names in (
     ("clusterguide.cli.evaluate", ("evaluate", "report")),
     ("clusterguide.cli.convert", ("convert",)),
     ("clusterguide.cli.serve", ("serve",)),
+    ("clusterguide.cli.baselines", ("train_baseline",)),
 ):
     try:
         module = __import__(module_name, fromlist=list(names))
