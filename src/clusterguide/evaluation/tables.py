@@ -30,7 +30,7 @@ from clusterguide import artifacts
 from clusterguide.display import table
 from clusterguide.errors import UserError
 from clusterguide.evaluation.baselines import Directions, Edit, edit_latents, ganspace, prior_latents, sefa
-from clusterguide.evaluation.probes import Probe, ProbeResult, measure
+from clusterguide.evaluation.probe_base import Probe, ProbeResult, measure
 from clusterguide.evaluation.targets import Target
 from clusterguide.progress import progress
 from clusterguide.run import Run
