@@ -72,6 +72,12 @@ def evaluation_options(f):
         ),
         click.option("--batch-size", type=int, default=64, show_default=True),
         click.option("--device", default="cpu", show_default=True),
+        click.option(
+            "--no-trained-baselines",
+            "no_trained",
+            is_flag=True,
+            help="Leave out the trained ClusterGAN/SCGAN rows and the sample-quality section.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -114,6 +120,7 @@ def _compute(
     steps,
     batch_size,
     device,
+    no_trained,
 ):
     """Run the evaluation the :func:`evaluation_options` ask for; returns (sampler, result)."""
     from clusterguide.evaluation.tables import EvalConfig, evaluate
@@ -129,6 +136,7 @@ def _compute(
         ganspace_layer=ganspace_layer,
         ganspace_samples=ganspace_samples,
         batch_size=batch_size,
+        **({"trained": ()} if no_trained else {}),
     ).check()
     probe_obj, parsed, sampler = _prepare(run_dir, probe, targets, device)
     if ganspace_layer not in (None, "latent"):
@@ -155,7 +163,7 @@ def evaluate(run_dir, json_path, **options):
     """Attribute statistics per cluster (Table 1) and, with --target, shares against GANSpace,
     SeFa and random sampling (Table 2)."""
     from clusterguide.artifacts import write_json
-    from clusterguide.evaluation.tables import format_table1, format_table2
+    from clusterguide.evaluation.tables import format_quality, format_table1, format_table2
 
     path = output_file(json_path, (".json",)) if json_path else default_json(run_dir, options["probe"])
     _, result = _compute(run_dir, **options)
@@ -163,11 +171,15 @@ def evaluate(run_dir, json_path, **options):
         f"Table 1: attributes per cluster ({options['n']} images per row; mean ± std over detected images)"
     )
     click.echo(format_table1(result))
-    if result["table2"]:
+    if result.table2:
         click.echo("")
         click.echo("Table 2: share of images meeting the target")
         click.echo(format_table2(result))
-    write_json(path, result)
+    if result.quality is not None:
+        click.echo("")
+        click.echo("Sample quality: the generator and the trained baselines")
+        click.echo(format_quality(result))
+    write_json(path, result.to_json())
     click.echo(f"wrote {path}")
 
 
@@ -188,6 +200,7 @@ def report(run_dir, out, evaluation_path, fresh, per_row, **options):
     """One self-contained HTML page: sample grids, Tables 1 and 2, attribute histograms."""
     from clusterguide.artifacts import atomic_path, read_json
     from clusterguide.evaluation.report import build_report
+    from clusterguide.evaluation.results import Evaluation
     from clusterguide.evaluation.tables import check_matches
     from clusterguide.sampler import ClusterSampler
 
@@ -198,11 +211,11 @@ def report(run_dir, out, evaluation_path, fresh, per_row, **options):
     if evaluation_path and fresh:
         raise UserError("--evaluation and --fresh exclude each other")
     if not fresh and (evaluation_path or source.is_file()):
-        evaluation = read_json(source)
+        evaluation = Evaluation.from_json(read_json(source))
         sampler = ClusterSampler.load(run_dir, device=options["device"])
         check_matches(evaluation, sampler)
         click.echo(
-            f"using {source} (n {evaluation['config']['n']}, seed {evaluation['config']['seed']}); "
+            f"using {source} (n {evaluation.config['n']}, seed {evaluation.config['seed']}); "
             "pass --fresh to recompute",
             err=True,
         )
