@@ -77,6 +77,7 @@ def latent(noise: torch.Tensor, clusters: torch.Tensor, k: int) -> torch.Tensor:
 
 class ClusterGAN(Method):
     name = "clustergan"
+    config: ClusterGANConfig
 
     def __init__(self, config: ClusterGANConfig) -> None:
         self.config = config.check()

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from clusterguide.artifacts import load_tensors, read_json
+from clusterguide.baselines.clustergan import ClusterGANConfig, latent
 from clusterguide.baselines.data import to_uint8
+from clusterguide.baselines.training import BaseConfig
 from clusterguide.errors import UserError
 from clusterguide.seeding import randn_streams
 
@@ -25,9 +27,8 @@ METHODS = ("clustergan", "selfcond")
 TITLES = {"clustergan": "ClusterGAN", "selfcond": "SCGAN"}
 
 
-def _build(method: str, config: dict) -> tuple[nn.Module, object]:
+def _build(method: str, config: dict) -> tuple[nn.Module, BaseConfig]:
     if method == "clustergan":
-        from clusterguide.baselines.clustergan import ClusterGANConfig
         from clusterguide.baselines.nets import Generator
 
         c = ClusterGANConfig.from_json(config)
@@ -44,12 +45,12 @@ def _build(method: str, config: dict) -> tuple[nn.Module, object]:
 class TrainedBaseline:
     method: str  # "clustergan" or "selfcond"
     net: nn.Module  # the generator, eval mode
-    config: object  # ClusterGANConfig or SelfCondConfig
+    config: BaseConfig  # ClusterGANConfig or SelfCondConfig
     info: dict  # generator.json (step, training time, prior ...)
 
     @property
     def k(self) -> int:
-        return int(self.config.k)  # type: ignore[attr-defined]
+        return int(self.config.k)
 
     @property
     def title(self) -> str:
@@ -88,23 +89,21 @@ class TrainedBaseline:
         out = []
         for s in range(0, n, batch_size):
             m = min(batch_size, n - s)
-            z = randn_streams(seed, s, m, c.noise_dim, stream="baseline-noise").to(device)  # type: ignore[attr-defined]
+            z = randn_streams(seed, s, m, c.noise_dim, stream="baseline-noise").to(device)
             y = torch.full((m,), cluster, dtype=torch.long, device=device)
             with torch.no_grad():
-                if self.method == "clustergan":
-                    from clusterguide.baselines.clustergan import latent
-
-                    x = self.net(latent(z * c.sigma, y, self.k))  # type: ignore[attr-defined]
+                if isinstance(c, ClusterGANConfig):
+                    x = self.net(latent(z * c.sigma, y, self.k))
                 else:
                     x = self.net(z, y)
             out.append(to_uint8(x))
-        return np.concatenate(out) if out else np.zeros((0, c.size, c.size, 3), np.uint8)  # type: ignore[attr-defined]
+        return np.concatenate(out) if out else np.zeros((0, c.size, c.size, 3), np.uint8)
 
     def random(self, n: int, seed: int, batch_size: int = 256) -> np.ndarray:
         """``n`` images with clusters drawn from the method's prior (image i's cluster is fixed by seed)."""
         g = torch.Generator().manual_seed(int(seed) % 2**63)
         clusters = torch.multinomial(torch.tensor(self.prior, dtype=torch.float64), n, True, generator=g)
-        out = np.zeros((n, self.config.size, self.config.size, 3), np.uint8)  # type: ignore[attr-defined]
+        out = np.zeros((n, self.config.size, self.config.size, 3), np.uint8)
         for c in range(self.k):
             idx = (clusters == c).nonzero()[:, 0].numpy()
             if len(idx):

@@ -152,6 +152,7 @@ def match_clusters(new: torch.Tensor, old: torch.Tensor, k: int) -> list[int]:
 
 class SelfCondGAN(Method):
     name = "selfcond"
+    config: SelfCondConfig
 
     def __init__(self, config: SelfCondConfig) -> None:
         self.config = config.check()

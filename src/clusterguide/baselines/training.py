@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import clusterguide
-from clusterguide.artifacts import load_tensors, read_json, save_tensors, sha256, write_json
+from clusterguide.artifacts import load_tensors, read_json, save_tensors, write_json
 from clusterguide.errors import UserError
 from clusterguide.progress import bar
 from clusterguide.seeding import derive_seed
@@ -145,15 +145,15 @@ def _restore(method: Method, tensors: dict[str, torch.Tensor], groups: dict, sou
             raise UserError(f"{source} does not match the {name} network: {exc}".splitlines()[0]) from None
     for name, opt in method.optimizers().items():
         prefix = f"opt.{name}."
-        state: dict[int, dict[str, torch.Tensor]] = {}
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
         for k, v in tensors.items():
             if k.startswith(prefix):
                 idx, key = k[len(prefix) :].split(".", 1)
-                state.setdefault(int(idx), {})[key] = v
+                opt_state.setdefault(int(idx), {})[key] = v
                 used.add(k)
         if name not in groups:
             raise UserError(f"{source} has no state for optimiser {name!r}")
-        opt.load_state_dict({"state": state, "param_groups": groups[name]})
+        opt.load_state_dict({"state": opt_state, "param_groups": groups[name]})
     extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
     used |= {f"extra.{k}" for k in extra}
     method.load_extra_state(extra)
@@ -304,7 +304,3 @@ def train(
 
 def seeded(seed: int, *keys: int | str) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, *keys))
-
-
-def file_digest(path: Path) -> str:
-    return sha256(path)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from clusterguide.baselines.model import METHODS as TRAINED
 from clusterguide.cli.common import output_file, quiet_option
 from clusterguide.errors import UserError
 from clusterguide.evaluation.probes import probe_names
@@ -136,7 +137,7 @@ def _compute(
         ganspace_layer=ganspace_layer,
         ganspace_samples=ganspace_samples,
         batch_size=batch_size,
-        **({"trained": ()} if no_trained else {}),
+        trained=() if no_trained else TRAINED,
     ).check()
     probe_obj, parsed, sampler = _prepare(run_dir, probe, targets, device)
     if ganspace_layer not in (None, "latent"):

@@ -221,7 +221,9 @@ class FaceProbe(Probe):
         if min(h, w) >= self.size:
             return np.ascontiguousarray(image)
         f = self.size / min(h, w)
-        return np.asarray(Image.fromarray(image).resize((round(w * f), round(h * f)), Image.BICUBIC))
+        return np.asarray(
+            Image.fromarray(image).resize((round(w * f), round(h * f)), Image.Resampling.BICUBIC)
+        )
 
     def measure_one(self, image: np.ndarray) -> dict[str, float] | None:
         """Attributes of one (H, W, 3) uint8 image, or None when no face is found."""

@@ -37,6 +37,7 @@ class RandomFeatures(nn.Module):
             conv = nn.Conv2d(ch, w, 3, 1, 1)
             with torch.no_grad():  # He initialisation, drawn from the seeded stream
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (2.0 / (ch * 9)) ** 0.5)
+                assert conv.bias is not None
                 conv.bias.zero_()
             self.convs.append(conv)
             ch = w

@@ -29,6 +29,7 @@ Results are typed records (:mod:`clusterguide.evaluation.results`); their JSON i
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,10 +205,10 @@ def trained_baselines(
             info[name] = {"title": TITLES[name], "skipped": str(exc)}
             continue
         used_on = sampler.run.generator.name
-        if tb.config.generator != used_on:  # type: ignore[attr-defined]
+        if tb.config.generator != used_on:
             info[name] = {
                 "title": tb.title,
-                "skipped": f"trained on {tb.config.generator} images; the run uses {used_on}",  # type: ignore[attr-defined]
+                "skipped": f"trained on {tb.config.generator} images; the run uses {used_on}",
             }
             continue
         used[name] = tb
@@ -219,12 +220,12 @@ def describe_trained(tb: TrainedBaseline) -> dict:
     return {
         "title": tb.title,
         "k": tb.k,
-        "size": c.size,  # type: ignore[attr-defined]
+        "size": c.size,
         "steps": tb.info.get("step"),
         "minutes": round(float(tb.info.get("seconds", 0.0)) / 60, 1),
         "prior": tb.prior,
-        "training_images": c.data_n,  # type: ignore[attr-defined]
-        "generator": c.generator,  # type: ignore[attr-defined]
+        "training_images": c.data_n,
+        "generator": c.generator,
     }
 
 
@@ -281,7 +282,9 @@ class _Measurements:
             z = self.prior[stream] if edit is None else edit_latents(self.prior[stream], dirs, edit)
             images = self.sampler.synthesize(z, self.config.batch_size)
             self._cache[key] = measure_images(self.probe, images, self.config.batch_size)
-        return self._cache[key]
+        result = self._cache[key]
+        assert result is not None
+        return result
 
     def trained_cluster(self, stream: str, method: str, cluster: int) -> Measured:
         """Images of one cluster of a trained baseline."""
@@ -438,7 +441,7 @@ def table2(
             res = seen.cluster("eval", best, method) if best is not None else None
             if res is None or best is None:
                 continue
-            setting = {"cluster": best, "name": run.names.get(best, ""), "method": method}
+            setting: dict[str, Any] = {"cluster": best, "name": run.names.get(best, ""), "method": method}
             rows.append(
                 _outcome(target, res, f"clusterguide ({method})", "clusterguide", setting, best_score[0])
             )
@@ -476,11 +479,11 @@ def table2(
         # the trained baselines: the best of their k clusters
         for method, tb in seen.trained.items():
             scores = [(_score(target, seen.trained_cluster("select", method, c)), -c) for c in range(tb.k)]
-            (best_score, neg_c) = max(scores)
-            c = -neg_c
-            setting = {"baseline": method, "cluster": c, "name": f"{tb.title} cluster {c}"}
-            res = seen.trained_cluster("eval", method, c)
-            rows.append(_outcome(target, res, tb.title, method, setting, best_score[0]))
+            (best_trained, neg_cluster) = max(scores)
+            chosen = -neg_cluster
+            setting = {"baseline": method, "cluster": chosen, "name": f"{tb.title} cluster {chosen}"}
+            res = seen.trained_cluster("eval", method, chosen)
+            rows.append(_outcome(target, res, tb.title, method, setting, best_trained[0]))
         res = seen.edit("eval", directions[0], None)
         rows.append(_outcome(target, res, "random", "random", {}, None))
         blocks.append(Table2Block(str(target), target.attribute, target.op, target.threshold, rows))
@@ -503,7 +506,7 @@ def sample_quality(
     if not trained:
         return None
     first = next(iter(trained.values()))
-    size, data_seed = int(first.config.size), int(first.config.data_seed)  # type: ignore[attr-defined]
+    size, data_seed = int(first.config.size), int(first.config.data_seed)
     G = sampler.generator
     reference = draw_images(G, config.quality_reference, size, data_seed, batch_size=config.batch_size)
     ref_feats = image_features(reference, size, seed=config.seed)
