@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test test-fast lint install bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (override with make PYTHON=python3)"; exit 2; }
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The quick loop while editing: skips tests marked slow (real weights, Ray, training) and browser.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 # ruff (lint + format) and mypy on src/, with the versions pinned in constraints.txt.
 lint: $(STAMP)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from clusterguide.fit import fit_run
+from clusterguide.fitting import fit_run
 from clusterguide.generators import GeneratorSpec, load_generator
 from clusterguide.mapping import MappingConfig
 from clusterguide.progress import set_progress

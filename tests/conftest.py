@@ -25,7 +25,7 @@ def tiny_generator():
 def fit_tiny(
     out_dir, k: int = 3, samples: int = 600, epochs: int = 3, recipe: str = "fast", layer: str = "block1"
 ):
-    from clusterguide.fit import fit_run
+    from clusterguide.fitting import fit_run
     from clusterguide.generators import GeneratorSpec
     from clusterguide.mapping import MappingConfig
     from clusterguide.run import FitConfig

@@ -21,13 +21,12 @@ from clusterguide.cli.convert import convert as convert_command
 from clusterguide.errors import UserError
 from clusterguide.generators import download, load_generator
 from clusterguide.generators.convert import convert_stylegan2
-from clusterguide.generators.stylegan2 import (
+from clusterguide.generators.stylegan2_net import StyleGAN2Config, random_generator
+from clusterguide.generators.stylegan3_net import (
     SG3SynthesisLayer,
     SG3SynthesisNetwork,
-    StyleGAN2Config,
     StyleGAN3Config,
     SynthesisInput,
-    random_generator,
     random_generator_sg3,
 )
 

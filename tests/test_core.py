@@ -150,7 +150,7 @@ def test_config_records_generator_and_settings(tiny_run):
 def test_failed_fit_leaves_nothing_behind(tmp_path, monkeypatch):
     from conftest import fit_tiny
 
-    import clusterguide.fit as fit_module
+    import clusterguide.fitting as fit_module
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash during mapping training")

@@ -22,7 +22,7 @@ from clusterguide.evaluation.tables import (
     table2_images,
 )
 from clusterguide.evaluation.targets import parse_target
-from clusterguide.fit import fit_run
+from clusterguide.fitting import fit_run
 from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.mapping import MappingConfig
 from clusterguide.run import FitConfig

@@ -11,16 +11,9 @@ import torch
 
 from clusterguide.errors import UserError
 from clusterguide.generators import families, load_generator
-from clusterguide.generators.stylegan2 import (
-    FORMAT,
-    StyleGAN2Adapter,
-    StyleGAN2Config,
-    StyleGAN2Generator,
-    StyleGAN3Config,
-    StyleGAN3Generator,
-    random_generator,
-    random_generator_sg3,
-)
+from clusterguide.generators.stylegan2 import FORMAT, StyleGAN2Adapter
+from clusterguide.generators.stylegan2_net import StyleGAN2Config, StyleGAN2Generator, random_generator
+from clusterguide.generators.stylegan3_net import StyleGAN3Config, StyleGAN3Generator, random_generator_sg3
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "reference_state_dicts.json").read_text())
 

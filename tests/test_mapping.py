@@ -11,7 +11,7 @@ import torch
 from clusterguide.clustering import fit_kmeans
 from clusterguide.errors import UserError
 from clusterguide.features import extract_features, representation
-from clusterguide.fit import make_guide, sample_prior
+from clusterguide.fitting import make_guide, sample_prior
 from clusterguide.mapping import (
     RECIPES,
     BatchedMapping,

@@ -21,7 +21,7 @@ from PIL import Image
 
 from clusterguide.cli import main
 from clusterguide.errors import UserError
-from clusterguide.fit import fit_run, sample_prior, split_cluster
+from clusterguide.fitting import fit_run, sample_prior, split_cluster
 from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.mapping import MappingConfig
 from clusterguide.run import FitConfig, Run, set_name

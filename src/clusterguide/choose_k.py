@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 
 from clusterguide.clustering import as_faiss, fit_kmeans
 from clusterguide.errors import UserError
-from clusterguide.imaging import _font
+from clusterguide.imaging import font as load_font
 from clusterguide.progress import progress
 
 WEAK_SILHOUETTE = 0.25  # below this Kaufman & Rousseeuw call a structure "not substantial"
@@ -271,7 +271,7 @@ def plot_scan(scan: KScan, title: str = "") -> Image.Image:
         ("silhouette (higher is better)", scan.silhouette, scan.picks["silhouette"]),
         ("eigengap lambda(k+1) - lambda(k)", scan.eigengap, scan.picks["eigengap"]),
     ]
-    font, small = _font(14), _font(11)
+    font, small = load_font(14), load_font(11)
     reason_lines = _wrap(f"recommended k = {scan.k}: {scan.reason}", 3 * pw // 7)
     head = 30 if title else 6
     canvas = Image.new("RGB", (3 * pw + 2 * margin, head + ph + 18 * len(reason_lines) + 16), "white")

@@ -21,7 +21,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def _font(size: int):
+def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at ``size`` pixels (a fixed-size bitmap font on Pillow < 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no sized default font
@@ -41,7 +42,7 @@ def grid_image(images: np.ndarray, ncol: int | None = None, pad: int = 2, scale:
         ] = img
     out = Image.fromarray(canvas)
     if scale != 1:
-        out = out.resize((out.width * scale, out.height * scale), Image.NEAREST)
+        out = out.resize((out.width * scale, out.height * scale), Image.Resampling.NEAREST)
     return out
 
 
@@ -52,15 +53,15 @@ def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int = 2, label_widt
     height = sum(s.height for s in strips)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    font = _font(max(12, 7 * scale))
+    label_font = font(max(12, 7 * scale))
     y = 0
     for (label, _), strip in zip(rows, strips):
         canvas.paste(strip, (label_width, y))
         lines = label.split("\n")
-        line_h = font.getbbox("Ag")[3] + 4
+        line_h = label_font.getbbox("Ag")[3] + 4
         ty = y + (strip.height - line_h * len(lines)) // 2
         for line in lines:
-            draw.text((8, ty), line, fill="black", font=font)
+            draw.text((8, ty), line, fill="black", font=label_font)
             ty += line_h
         y += strip.height
     return canvas

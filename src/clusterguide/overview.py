@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from clusterguide.imaging import _font, labelled_rows
+from clusterguide.imaging import font, labelled_rows
 from clusterguide.sampler import ClusterSampler
 
 SCALE = 2  # image magnification of the rows; the label font follows it (see labelled_rows)
@@ -40,6 +40,6 @@ def overview_image(
         use = method if path in sampler.run.mappings else "exact"
         out = sampler(path, per_cluster, seed=seed, method=use)
         rows.append((row_label(sampler, path, use), out.images))
-    font = _font(max(12, 7 * SCALE))
-    longest = max(font.getlength(line) for label, _ in rows for line in label.split("\n"))
+    label_font = font(max(12, 7 * SCALE))
+    longest = max(label_font.getlength(line) for label, _ in rows for line in label.split("\n"))
     return labelled_rows(rows, scale=SCALE, label_width=max(220, int(longest) + 16))

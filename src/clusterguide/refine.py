@@ -8,7 +8,7 @@ cluster of a saved run, at any depth:
 1. draw prior latents from a seeded stream and keep those that fall in every cluster along the
    path (:meth:`ClusterTree.membership`) until ``samples`` are collected;
 2. k-means at ``layer`` over their representations and one mapping per child
-   (:func:`clusterguide.fit.split_cluster`, the step a fresh fit uses too);
+   (:func:`clusterguide.fitting.split_cluster`, the step a fresh fit uses too);
 3. save the run folder in place, atomically, keeping the names people gave meanwhile.
 
 The collection costs about ``samples / p_c`` head passes, where p_c is the cluster's share of the
@@ -28,7 +28,7 @@ import torch
 
 from clusterguide import __version__, artifacts
 from clusterguide.errors import UserError
-from clusterguide.fit import split_cluster
+from clusterguide.fitting import split_cluster
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.mapping import MappingConfig
 from clusterguide.progress import bar

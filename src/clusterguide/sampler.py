@@ -64,6 +64,37 @@ class ClusterSampler:
     def device(self) -> torch.device:
         return self.generator.device
 
+    # ---- the run ----------------------------------------------------------------------------
+    @property
+    def clusters(self) -> list[str]:
+        """Every cluster path of the run, parents before children (``["0", "1", "1/0", ...]``)."""
+        return self.run.clusters()
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Cluster path -> the name a person gave it."""
+        return dict(self.run.names)
+
+    @property
+    def metrics(self) -> dict:
+        """What ``metrics.json`` holds: per cluster size, share, fidelity, precision, recall."""
+        return self.run.metrics
+
+    def save(self, run_dir: str | Path, overwrite: bool = False) -> Path:
+        """Write the run folder atomically (``overwrite=True`` replaces an existing run folder)."""
+        return self.run.save(run_dir, overwrite=overwrite)
+
+    def name(self, cluster: str | int, name: str) -> str:
+        """Name a cluster (an empty name clears it); returns its path. A saved run's names.json
+        is updated under its lock; an unsaved run keeps the name until ``save``."""
+        from clusterguide.run import set_name
+
+        if self.run.path is None:
+            raise UserError("save the run first (sampler.save(run_dir)); names live in the run folder")
+        path, names = set_name(self.run.path, str(cluster), name)
+        self.run.names = names
+        return path
+
     # ---- latents ------------------------------------------------------------------------------
     @torch.no_grad()
     def imle_latents(self, cluster: str, n: int, seed: int = 0) -> torch.Tensor:
@@ -122,6 +153,14 @@ class ClusterSampler:
     def __call__(
         self, cluster: str | int, n: int, seed: int = 0, method: str = "imle", batch_size: int = 64
     ) -> SampleOutput:
+        return self.sample(cluster, n, seed, method, batch_size)
+
+    def sample(
+        self, cluster: str | int, n: int, seed: int = 0, method: str = "imle", batch_size: int = 64
+    ) -> SampleOutput:
+        """``n`` images of ``cluster`` (a path like ``"1/0"`` or a name). ``imle``: G(T_c(e));
+        ``exact``: prior samples that fall in the cluster. Image i of a seed does not depend on
+        ``n`` or ``batch_size``."""
         if n < 1:
             raise UserError(f"-n must be at least 1 (got {n})")
         if method not in METHODS:

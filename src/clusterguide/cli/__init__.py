@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import click
 
+from clusterguide.cli.baselines import train_baseline
+from clusterguide.cli.convert import convert
 from clusterguide.cli.core import fit, grid, info, layers, sample
+from clusterguide.cli.evaluate import evaluate, report
+from clusterguide.cli.serve import serve
+from clusterguide.cli.tree import choose_k, name, refine
 from clusterguide.errors import UserError
 
 
@@ -18,25 +23,10 @@ def cli() -> None:
     """Label-free control for pretrained unconditional generators (cluster-guided sampling)."""
 
 
-for command in (layers, fit, sample, grid, info):
+# Every command, by area: the main job, trees and names, evaluation, the gallery, converters.
+for command in (layers, fit, sample, grid, info, refine, name, choose_k, evaluate, report, serve, convert):
     cli.add_command(command)
-
-# Commands owned by other modules register here; each module is optional while it is written.
-for module_name, names in (
-    ("clusterguide.cli.tree", ("refine", "name", "choose_k")),
-    ("clusterguide.cli.evaluate", ("evaluate", "report")),
-    ("clusterguide.cli.convert", ("convert",)),
-    ("clusterguide.cli.serve", ("serve",)),
-    ("clusterguide.cli.baselines", ("train_baseline",)),
-):
-    try:
-        module = __import__(module_name, fromlist=list(names))
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        continue
-    for name in names:
-        cli.add_command(getattr(module, name))
+cli.add_command(train_baseline)  # the trained baselines of the evaluation (clusterguide.baselines)
 
 
 def main(argv: list[str] | None = None) -> int:

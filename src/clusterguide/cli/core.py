@@ -71,7 +71,7 @@ def fit(
     force,
 ):
     """Cluster a generator's representations and learn a mapping per cluster."""
-    from clusterguide.fit import fit_run
+    from clusterguide.fitting import fit_run
     from clusterguide.mapping import MappingConfig
     from clusterguide.run import FitConfig
 

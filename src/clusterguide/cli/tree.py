@@ -184,7 +184,7 @@ def choose_k(
             raise UserError(f"with --run the run's generator is used; drop {', '.join(given)}")
         latents, G, where, pool, seed = _cluster_latents(run_dir, cluster, layer, samples, seed, device, pool)
     else:
-        from clusterguide.fit import sample_prior
+        from clusterguide.fitting import sample_prior
         from clusterguide.generators.registry import load_generator
 
         spec = GeneratorSpec(generator, checkpoint, family_options(latent_space, truncation))

@@ -32,7 +32,7 @@ from torch import nn
 
 from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter, LayerInfo, number_option, published_random
-from clusterguide.generators.dcgan import load_state_dict_strict, sha256_file
+from clusterguide.generators.checkpoints import load_state_dict_strict, load_weights_only, sha256_file
 from clusterguide.generators.registry import register
 from clusterguide.seeding import BLOCK, derive_seed
 
@@ -431,8 +431,6 @@ def load_folder(folder: Path, truncation: float) -> BigGANAdapter:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{config_path} is damaged: {exc}") from None
     config = BigGANConfig.from_json(data, str(config_path))
-    from clusterguide.generators.convert import load_weights_only
-
     state = load_weights_only(weights, "BigGAN weights")
     if not isinstance(state, dict):
         raise UserError(f"{weights} is not a state dict")

@@ -1,5 +1,4 @@
-"""The one place that opens pickles: NVIDIA StyleGAN2/3 ``.pkl`` -> ``config.json`` + ``model.safetensors``,
-and the weights-only reader the other families use for their ``.pth`` / ``.bin`` files.
+"""The one place that opens pickles: NVIDIA StyleGAN2/3 ``.pkl`` -> ``config.json`` + ``model.safetensors``.
 
 NVIDIA's network pickles (stylegan2-ada-pytorch, stylegan3) store each network as a "persistent"
 object: ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` where ``meta`` holds the
@@ -12,16 +11,14 @@ and state. Anything else in the file stops the conversion with one line naming i
 
 Even so, a pickle is only opened when the caller passes ``trust_pickle=True`` (the CLI's
 ``--trust-pickle``); the result is written atomically and checked by loading it strictly into
-:class:`~clusterguide.generators.stylegan2.StyleGAN2Generator` before it is moved into place.
+:class:`~clusterguide.generators.stylegan2_net.StyleGAN2Generator` before it is moved into place.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
-import re
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -118,37 +115,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UserError(f"the pickle refers to {module}.{name}, which the converter does not load")
 
 
-def _numpy_globals() -> list:
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core
-    found: list = [np.dtype]
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        found.append((core.multiarray.scalar, f"{module}.scalar"))
-    found += [getattr(np.dtypes, n) for n in dir(getattr(np, "dtypes", None)) if n.endswith("DType")]
-    return found
-
-
-def load_weights_only(path: Path, what: str, stand_ins: Sequence[tuple[type, str]] = ()) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU: tensors, plain containers and numpy scalars
-    only, plus inert ``stand_ins`` received under a foreign class name. Any refusal or damage is one
-    UserError line (torch's own message is a page long)."""
-    try:
-        with torch.serialization.safe_globals([*_numpy_globals(), *stand_ins]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{what} {path} not found") from None
-    except Exception as exc:  # weights_only refuses anything but the allowed types; files may be damaged
-        text = str(exc)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if refused:
-            raise UserError(
-                f"cannot read {what} {path}: it refers to {refused.group(1)}, which is not loaded"
-            ) from None
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise UserError(f"cannot read {what} {path}: {first}") from None
-
-
 def read_pickle(path: Path, trust_pickle: bool) -> dict:
     """The top-level dict of an NVIDIA network pickle, persistent objects as records."""
     if not trust_pickle:
@@ -206,7 +172,7 @@ def _jsonable(value: Any) -> Any:
 def stylegan2_config(G: PersistentRecord, state: dict[str, torch.Tensor]):
     """The architecture, read from the objects' own attributes and tensor shapes (so defaults that
     differ between NVIDIA's two repositories never matter)."""
-    from clusterguide.generators.stylegan2 import StyleGAN2Config
+    from clusterguide.generators.stylegan2_net import StyleGAN2Config
 
     synthesis, mapping = G.child("synthesis"), G.child("mapping")
     if synthesis is None or mapping is None:
@@ -264,7 +230,7 @@ def _square(value: Any, what: str) -> int:
 
 def stylegan3_config(G: PersistentRecord, state: dict[str, torch.Tensor]):
     """A StyleGAN3's layer plan, copied from its layers' own attributes (nothing recomputed)."""
-    from clusterguide.generators.stylegan2 import SG3Layer, StyleGAN3Config
+    from clusterguide.generators.stylegan3_net import SG3Layer, StyleGAN3Config
 
     synthesis, mapping = G.child("synthesis"), G.child("mapping")
     inp, fc0 = synthesis.child("input"), mapping.child("fc0")
@@ -330,15 +296,10 @@ def convert_stylegan2(
     loads; returns ``out``."""
     from clusterguide import __version__
     from clusterguide.artifacts import save_tensors, staged_dir, write_json
-    from clusterguide.generators.dcgan import load_state_dict_strict, sha256_file
-    from clusterguide.generators.stylegan2 import (
-        CONFIG_NAME,
-        FORMAT,
-        WEIGHTS_NAME,
-        StyleGAN2Generator,
-        StyleGAN3Config,
-        StyleGAN3Generator,
-    )
+    from clusterguide.generators.checkpoints import load_state_dict_strict, sha256_file
+    from clusterguide.generators.stylegan2 import CONFIG_NAME, FORMAT, WEIGHTS_NAME
+    from clusterguide.generators.stylegan2_net import StyleGAN2Generator
+    from clusterguide.generators.stylegan3_net import StyleGAN3Config, StyleGAN3Generator
 
     source = Path(source)
     if network not in NETWORKS:

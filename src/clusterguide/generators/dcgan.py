@@ -8,7 +8,6 @@ We read only that file, with ``weights_only=True``, and never import the package
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter
+from clusterguide.generators.checkpoints import load_state_dict_strict, sha256_file
 
 WEIGHTS_PACKAGE = "gan_face_generate"
 WEIGHTS_FILE = "weights.tar"
@@ -57,14 +57,6 @@ def find_weights() -> Path:
     if not path.is_file():
         raise UserError(f"{path} not found: reinstall with `pip install --no-deps gan-face-generate`")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class DCGANAdapter(GeneratorAdapter):
@@ -115,27 +107,3 @@ class DCGANAdapter(GeneratorAdapter):
 
     def synthesize(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
-
-
-def load_state_dict_strict(module: nn.Module, state: dict, source: str) -> None:
-    """Load ``state`` into ``module``, every key and shape checked, as one clear UserError."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(
-        k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(getattr(state[k], "shape", ()))
-    )
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"shape mismatch for {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
-            )
-        raise UserError(f"checkpoint {source} does not match the architecture: " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)

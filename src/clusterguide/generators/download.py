@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clusterguide.errors import UserError
+from clusterguide.generators.checkpoints import read_recorded_sha256, record_sha256, sha256_file
 
 TIMEOUT_S = 15.0  # per connection attempt and per read; failures without a network are immediate
 _CHUNK = 1 << 20
@@ -199,11 +200,11 @@ def fetch(entry: Published, root: Path | None = None, timeout: float = TIMEOUT_S
     """The local path of ``entry``, downloading and verifying it first if needed."""
     path = cached_path(entry, root)
     if path.is_file():
-        digest = _sha256(path)
-        recorded = _read_sidecar(path)
+        digest = sha256_file(path)
+        recorded = read_recorded_sha256(path)
         _verify(entry, str(path), digest, recorded)
         if recorded is None and entry.sha256 is None:
-            _sidecar(path).write_text(digest + "\n")  # a file copied in by hand: trust it from now on
+            record_sha256(path, digest)  # a file copied in by hand: trust it from now on
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +215,7 @@ def fetch(entry: Published, root: Path | None = None, timeout: float = TIMEOUT_S
         digest = _download(entry, tmp, timeout, path)
         _verify(entry, f"the download of {entry.url}", digest, None)
         if entry.sha256 is None:
-            _sidecar(path).write_text(digest + "\n")
+            record_sha256(path, digest)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -272,18 +273,3 @@ def _verify(entry: Published, what: str, digest: str, recorded: str | None) -> N
         ok = ok and digest.startswith(entry.sha256_prefix)
     if not ok:
         raise UserError(f"{what} failed its checksum (sha256 {digest[:12]}...); delete it and download again")
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _read_sidecar(path: Path) -> str | None:
-    side = _sidecar(path)
-    return side.read_text().strip() if side.is_file() else None
-
-
-def _sha256(path: Path) -> str:
-    from clusterguide.generators.dcgan import sha256_file
-
-    return sha256_file(path)

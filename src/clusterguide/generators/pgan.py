@@ -27,7 +27,7 @@ from torch import nn
 
 from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter, LayerInfo, published_random
-from clusterguide.generators.dcgan import load_state_dict_strict, sha256_file
+from clusterguide.generators.checkpoints import load_state_dict_strict, load_weights_only, sha256_file
 from clusterguide.generators.registry import register
 
 # Channel depth per scale of pytorch_GAN_zoo's standard PGAN configuration (pgan_config.py).
@@ -190,8 +190,6 @@ _CONFIG_GLOBALS = [(_BaseConfigStandIn, "models.utils.config.BaseConfig")]
 
 def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config fields, generator state dict) of a pytorch_GAN_zoo checkpoint, read with weights_only."""
-    from clusterguide.generators.convert import load_weights_only
-
     blob = load_weights_only(path, "PGAN checkpoint", _CONFIG_GLOBALS)
     if not isinstance(blob, dict):
         raise UserError(f"{path} is not a pytorch_GAN_zoo checkpoint (expected a dict with 'netG')")

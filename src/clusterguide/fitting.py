@@ -1,5 +1,8 @@
 """Fitting a run: sample latents, cluster their representations, learn the mappings, measure.
 
+(The module is ``fitting``, not ``fit``: importing a submodule named ``fit`` would replace the
+top-level function ``clusterguide.fit``.)
+
 :func:`fit_run` is Algorithm 1 end to end for a fresh run; :func:`split_cluster` is the step it
 shares with refinement (cluster some latents at a layer, learn a mapping per child), and
 :func:`measure_clusters` computes the metrics written to ``metrics.json`` after every fit.
