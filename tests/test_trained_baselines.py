@@ -137,3 +137,14 @@ def test_cli_trains_and_resumes(tmp_path):
     r = CliRunner().invoke(cli, [*args[:5], "3", *args[6:], "--resume"])
     assert r.exit_code == 0, r.output
     assert read_json(out / "checkpoint.json")["step"] == 3
+
+
+@pytest.mark.parametrize("method", ["clustergan", "selfcond"])
+def test_shipped_weights_load_and_draw_32px_faces_domain(method):
+    from clusterguide.baselines.model import shipped
+
+    tb = shipped(method)  # checksum-checked against generator.json
+    assert tb.k == 4 and tb.config.size == 32 and tb.config.generator == "digiface-dcgan"
+    assert tb.info["step"] > 0 and abs(sum(tb.prior) - 1) < 1e-3
+    images = tb.images(1, 2, seed=0)
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8 and images.std() > 0

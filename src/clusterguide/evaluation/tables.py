@@ -192,10 +192,11 @@ def baseline_cluster(method: str, cluster: int) -> str:
 
 
 def trained_baselines(
-    sampler: ClusterSampler, config: EvalConfig, device: str = "cpu"
+    sampler: ClusterSampler, config: EvalConfig
 ) -> tuple[dict[str, TrainedBaseline], dict[str, dict]]:
-    """The shipped baselines of ``config.trained`` trained on the run's generator, and for every one
-    either what it is (steps, minutes, size) or why it is left out."""
+    """The shipped baselines of ``config.trained`` trained on the run's generator (on the sampler's
+    device), and for every one either what it is (steps, minutes, size) or why it is left out."""
+    device = str(sampler.device)
     used: dict[str, TrainedBaseline] = {}
     info: dict[str, dict] = {}
     for name in config.trained:
