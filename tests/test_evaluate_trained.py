@@ -137,3 +137,18 @@ def test_report_shows_the_baselines_and_quality(evaluation, trained):
     page = build_report(sampler, ev, per_row=4, trained=trained)
     assert "Sample quality" in page and "SCGAN cluster 3" in page and "ClusterGAN" in page
     assert "KID" in page
+
+
+def test_cli_says_why_baselines_are_left_out_and_the_flag_drops_them(tiny_run, tmp_path):
+    from clusterguide.cli import main
+
+    small = ["-n", "4", "--select-n", "4", "--components", "1", "--steps", "1", "--ganspace-samples", "20"]
+    small += ["--probe", "image", "--method", "exact", "-q"]
+    out = tmp_path / "ev.json"
+    assert main(["evaluate", str(tiny_run[0]), *small, "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert "quality" not in data  # the shipped baselines were trained on digiface-dcgan, not tiny-dcgan
+    assert "trained on digiface-dcgan" in data["baselines"]["selfcond"]["skipped"]
+    assert main(["evaluate", str(tiny_run[0]), *small, "--json", str(out), "--no-trained-baselines"]) == 0
+    data = json.loads(out.read_text())
+    assert "baselines" not in data and data["config"]["trained"] == []
