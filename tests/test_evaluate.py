@@ -66,20 +66,20 @@ def evaluation(run_dir):
     sampler = ClusterSampler.load(run_dir)
     config = EvalConfig(probe="image", n=12, select_n=6, components=2, steps=(1.0, 3.0), ganspace_samples=200)
     targets = [parse_target("brightness>0.5"), parse_target("contrast<0.2")]
-    return sampler, evaluate(sampler, load_probe("image"), config, targets)
+    return sampler, evaluate(sampler, load_probe("image"), config, targets, trained={})
 
 
 def test_table1_has_every_cluster_and_method_and_the_prior(evaluation):
     _, ev = evaluation
-    rows = {(r["cluster"], r["method"]): r for r in ev["table1"]}
+    rows = {(r.cluster, r.method): r for r in ev.table1}
     assert set(rows) == {(c, m) for c in ("0", "1", "2") for m in ("imle", "exact")} | {(PRIOR, PRIOR)}
-    assert "skipped" in rows[("2", "imle")] and "skipped" not in rows[("2", "exact")]
+    assert not rows[("2", "imle")].measured and rows[("2", "exact")].measured
     row = rows[("0", "exact")]
-    assert 0 < row["acceptance_rate"] <= 1 and row["detection_rate"] == 1.0
-    stats = row["stats"]["brightness"]
-    values = np.array(row["values"]["brightness"])
-    assert len(values) == 12 and stats["n"] == 12
-    assert stats["mean"] == pytest.approx(values.mean(), abs=1e-3) and stats["std"] == pytest.approx(
+    assert 0 < row.acceptance_rate <= 1 and row.detection_rate == 1.0
+    stats = row.stats["brightness"]
+    values = np.array(row.values["brightness"])
+    assert len(values) == 12 and stats.n == 12
+    assert stats.mean == pytest.approx(values.mean(), abs=1e-3) and stats.std == pytest.approx(
         values.std(), abs=1e-3
     )
 
@@ -87,45 +87,45 @@ def test_table1_has_every_cluster_and_method_and_the_prior(evaluation):
 def test_table1_images_are_the_measured_ones(evaluation):
     sampler, ev = evaluation
     probe = load_probe("image")
-    for row in ev["table1"]:
-        if "skipped" in row:
+    for row in ev.table1:
+        if not row.measured:
             continue
         images = table1_images(sampler, ev, row, 4)
         measured = probe.measure(images).values["brightness"]
-        assert np.allclose(measured, row["values"]["brightness"][:4], atol=1e-3)
+        assert np.allclose(measured, row.values["brightness"][:4], atol=1e-3)
 
 
 def test_table2_rows_are_comparable(evaluation):
     sampler, ev = evaluation
-    assert [b["target"] for b in ev["table2"]] == ["brightness>0.5", "contrast<0.2"]
-    for block in ev["table2"]:
-        methods = [r["method"] for r in block["rows"]]
+    assert [b.target for b in ev.table2] == ["brightness>0.5", "contrast<0.2"]
+    for block in ev.table2:
+        methods = [r.method for r in block.rows]
         assert methods == ["clusterguide (imle)", "clusterguide (exact)", "GANSpace", "SeFa", "random"]
-        for r in block["rows"]:
-            assert r["n"] == 12 and 0.0 <= r["share"] <= 1.0
-        imle = block["rows"][0]["setting"]
+        for r in block.rows:
+            assert r.n == 12 and 0.0 <= r.share <= 1.0
+        imle = block.rows[0].setting
         assert imle["cluster"] in ("0", "1")  # cluster 2 has no mapping
-        gs = block["rows"][2]["setting"]
+        gs = block.rows[2].setting
         assert gs["source"] == "layer block1" and gs["step"] in (1.0, 3.0) and gs["sign"] in (1, -1)
         assert len(gs["direction"]) == sampler.generator.latent_dim
-        assert block["rows"][3]["setting"]["source"] == "weight of net.main.0"
+        assert block.rows[3].setting["source"] == "weight of net.main.0"
 
 
 def test_table2_shares_are_those_of_its_images(evaluation):
     sampler, ev = evaluation
     probe = load_probe("image")
-    block = ev["table2"][0]
-    target = parse_target(block["target"])
-    for r in block["rows"]:
+    block = ev.table2[0]
+    target = parse_target(block.target)
+    for r in block.rows:
         images = table2_images(sampler, ev, r, 12)
-        assert target.share(probe.measure(images)) == pytest.approx(r["share"])
+        assert target.share(probe.measure(images)) == pytest.approx(r.share)
 
 
 def test_the_chosen_cluster_is_the_best_on_the_selection_stream(run_dir, evaluation):
     sampler, ev = evaluation
     probe = load_probe("image")
     target = parse_target("brightness>0.5")
-    cfg = EvalConfig.from_json(ev["config"])
+    cfg = EvalConfig.from_json(ev.config)
     from clusterguide.seeding import derive_seed
 
     shares = {
@@ -136,8 +136,8 @@ def test_the_chosen_cluster_is_the_best_on_the_selection_stream(run_dir, evaluat
         )
         for c in ("0", "1", "2")
     }
-    exact = ev["table2"][0]["rows"][1]
-    assert exact["select_share"] == pytest.approx(max(shares.values()))
+    exact = ev.table2[0].rows[1]
+    assert exact.select_share == pytest.approx(max(shares.values()))
 
 
 def test_evaluate_cli_prints_both_tables_and_writes_json(run_dir, capsys):
@@ -232,9 +232,9 @@ def test_pixel_diversity_of_copies_is_zero_and_of_opposites_is_one():
 
 def test_rows_carry_diversity(evaluation):
     _, ev = evaluation
-    for row in ev["table1"]:
-        if "skipped" not in row:
-            assert 0.0 < row["diversity"] < 1.0
-    block = ev["table2"][0]
-    random_row = block["rows"][-1]
+    for row in ev.table1:
+        if row.measured:
+            assert 0.0 < row.diversity < 1.0
+    block = ev.table2[0]
+    random_row = block.rows[-1]
     assert relative_diversity(block, random_row) == pytest.approx(1.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from clusterguide.cli.baselines import train_baseline
 from clusterguide.cli.convert import convert
 from clusterguide.cli.core import fit, grid, info, layers, sample
 from clusterguide.cli.evaluate import evaluate, report
@@ -27,6 +28,7 @@ def cli() -> None:
 for command in (layers, fit, sample, grid, info, refine, name, choose_k, evaluate, report, serve, convert):
     cli.add_command(command)
 cli.add_command(render)  # latents from a file -> images
+cli.add_command(train_baseline)  # the trained baselines of the evaluation (clusterguide.baselines)
 
 
 def main(argv: list[str] | None = None) -> int:

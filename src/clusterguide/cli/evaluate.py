@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from clusterguide.baselines.model import METHODS as TRAINED
 from clusterguide.cli.common import BATCH, DEVICE, IMAGES, SAMPLES, SEED, Whole, output_file, quiet_option
 from clusterguide.errors import UserError
 from clusterguide.evaluation.probes import probe_names
@@ -73,6 +74,12 @@ def evaluation_options(f):
         ),
         click.option("--batch-size", type=BATCH, default=64, show_default=True),
         click.option("--device", type=DEVICE, default="cpu", show_default=True),
+        click.option(
+            "--no-trained-baselines",
+            "no_trained",
+            is_flag=True,
+            help="Leave out the trained ClusterGAN/SCGAN rows and the sample-quality section.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -117,6 +124,7 @@ def _compute(
     steps,
     batch_size,
     device,
+    no_trained,
 ):
     """Run the evaluation the :func:`evaluation_options` ask for; returns (sampler, result)."""
     from clusterguide.evaluation.tables import EvalConfig, evaluate
@@ -132,6 +140,7 @@ def _compute(
         ganspace_layer=ganspace_layer,
         ganspace_samples=ganspace_samples,
         batch_size=batch_size,
+        trained=() if no_trained else TRAINED,
     ).check()
     probe_obj, parsed, sampler = _prepare(run_dir, probe, targets, device)
     if ganspace_layer not in (None, "latent"):
@@ -158,7 +167,7 @@ def evaluate(run_dir, json_path, **options):
     """Attribute statistics per cluster (Table 1) and, with --target, shares against GANSpace,
     SeFa and random sampling (Table 2)."""
     from clusterguide.artifacts import write_json
-    from clusterguide.evaluation.tables import format_table1, format_table2
+    from clusterguide.evaluation.tables import format_quality, format_table1, format_table2
 
     path = output_file(json_path, (".json",)) if json_path else default_json(run_dir, options["probe"])
     _, result = _compute(run_dir, **options)
@@ -166,11 +175,15 @@ def evaluate(run_dir, json_path, **options):
         f"Table 1: attributes per cluster ({options['n']} images per row; mean ± std over detected images)"
     )
     click.echo(format_table1(result))
-    if result["table2"]:
+    if result.table2:
         click.echo("")
         click.echo("Table 2: share of images meeting the target")
         click.echo(format_table2(result))
-    write_json(path, result)
+    if result.quality is not None:
+        click.echo("")
+        click.echo("Sample quality: the generator and the trained baselines")
+        click.echo(format_quality(result))
+    write_json(path, result.to_json())
     click.echo(f"wrote {path}")
 
 
@@ -193,6 +206,7 @@ def report(run_dir, out, evaluation_path, fresh, per_row, **options):
     """One self-contained HTML page: sample grids, Tables 1 and 2, attribute histograms."""
     from clusterguide.artifacts import atomic_path, read_json
     from clusterguide.evaluation.report import build_report
+    from clusterguide.evaluation.results import Evaluation
     from clusterguide.evaluation.tables import check_matches
     from clusterguide.sampler import ClusterSampler
 
@@ -203,11 +217,11 @@ def report(run_dir, out, evaluation_path, fresh, per_row, **options):
     if evaluation_path and fresh:
         raise UserError("--evaluation and --fresh exclude each other")
     if not fresh and (evaluation_path or source.is_file()):
-        evaluation = read_json(source)
+        evaluation = Evaluation.from_json(read_json(source))
         sampler = ClusterSampler.load(run_dir, device=options["device"])
         check_matches(evaluation, sampler)
         click.echo(
-            f"using {source} (n {evaluation['config']['n']}, seed {evaluation['config']['seed']}); "
+            f"using {source} (n {evaluation.config['n']}, seed {evaluation.config['seed']}); "
             "pass --fresh to recompute",
             err=True,
         )

@@ -96,14 +96,14 @@ def ganspace(
     # svd_lowrank draws a random sketch: seed it locally so results never depend on global state
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        u, s, _ = torch.svd_lowrank(feats, q=q, niter=6, M=mean)
+        u, sv, _ = torch.svd_lowrank(feats, q=q, niter=6, M=mean)
     k = min(components, q)
-    coords = (u[:, :k] * s[:k]).double().numpy()  # PCA coordinates of every sample
+    coords = (u[:, :k] * sv[:k]).double().numpy()  # PCA coordinates of every sample
     total_var = float(((feats - mean) ** 2).sum())
     # GANSpace's transfer to latent space: z ~ coords @ B by least squares; row k of B is the latent
     # change per unit of component k.
     b, *_ = np.linalg.lstsq(coords, z64 - z64.mean(0), rcond=None)
-    strengths = (s[:k].double() ** 2 / total_var).numpy().astype(np.float32)
+    strengths = (sv[:k].double() ** 2 / total_var).numpy().astype(np.float32)
     return Directions("ganspace", _unit_rows(b), strengths, f"layer {layer}")
 
 
@@ -120,16 +120,16 @@ def first_layer_weight(G: GeneratorAdapter) -> tuple[str, np.ndarray]:
         return "sefa_weight()", w
     d = G.latent_dim
     for name, module in G.named_modules():
-        w = getattr(module, "weight", None)
-        if not isinstance(w, torch.Tensor):
+        param = getattr(module, "weight", None)
+        if not isinstance(param, torch.Tensor):
             continue
-        w = w.detach().double().cpu()
+        t = param.detach().double().cpu()
         if isinstance(module, nn.Linear) and module.in_features == d:
-            return f"weight of {name}", w.T.numpy()
+            return f"weight of {name}", t.T.numpy()
         if isinstance(module, nn.ConvTranspose2d) and module.in_channels == d:
-            return f"weight of {name}", w.reshape(d, -1).numpy()  # (in, out, kh, kw)
+            return f"weight of {name}", t.reshape(d, -1).numpy()  # (in, out, kh, kw)
         if isinstance(module, nn.Conv2d) and module.in_channels == d:
-            return f"weight of {name}", w.transpose(0, 1).reshape(d, -1).numpy()  # (out, in, kh, kw)
+            return f"weight of {name}", t.transpose(0, 1).reshape(d, -1).numpy()  # (out, in, kh, kw)
     raise UserError(
         f"SeFa needs the weight of the layer that reads the latent; generator {G.name!r} has no Linear or "
         f"convolution with {d} inputs (adapters can provide sefa_weight())"

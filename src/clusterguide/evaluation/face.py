@@ -1,8 +1,8 @@
 """Face attributes from MediaPipe's face mesh, offline (``pip install 'clusterguide[faces]'``).
 
 ``mediapipe.solutions.face_mesh`` ships its detector and landmark models inside the wheel, so the
-probe needs no network. This module imports mediapipe at the top: import it only through the probe
-registry (``load_probe("face")``), which turns a missing package into a one-line UserError.
+probe needs no network. mediapipe is imported when a :class:`FaceProbe` is built, not when this
+module is: without it, building the probe (``load_probe("face")``) raises a one-line UserError.
 
 How each attribute is measured, for one image:
 
@@ -35,17 +35,21 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from clusterguide.evaluation.probes import Attribute, Probe, ProbeResult, check_images
+from clusterguide.errors import UserError
+from clusterguide.evaluation.probe_base import Attribute, Probe, ProbeResult, check_images
 
-try:
-    import mediapipe as mp
-except ImportError as exc:  # missing package, or OpenCV without its system libraries (libGL)
-    from clusterguide.errors import UserError
 
-    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    raise UserError(
-        f"the face probe needs mediapipe 0.10.14: pip install 'clusterguide[faces]' (import failed: {why})"
-    ) from None
+def _face_mesh_module():
+    """``mediapipe.solutions.face_mesh``, or a one-line UserError saying what to install."""
+    try:
+        import mediapipe as mp
+    except ImportError as exc:  # missing package, or OpenCV without its system libraries (libGL)
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"the face probe needs mediapipe 0.10.14: pip install 'clusterguide[faces]' (import failed: {why})"
+        ) from None
+    return mp.solutions.face_mesh
+
 
 # Rigid landmarks of MediaPipe's canonical face model (mediapipe/modules/face_geometry/data/
 # canonical_face_model.obj, Apache-2.0; landmark i is vertex i+1), in its own axes: x toward the
@@ -177,8 +181,10 @@ class FaceProbe(Probe):
 
     def __init__(self, size: int = 192, min_detection_confidence: float = 0.5) -> None:
         self.size = int(size)
+        self._mesh = None
+        face_mesh = _face_mesh_module()
         with _quiet_native_logs():
-            self._mesh = mp.solutions.face_mesh.FaceMesh(
+            self._mesh = face_mesh.FaceMesh(
                 static_image_mode=True,
                 max_num_faces=1,
                 refine_landmarks=False,
@@ -215,7 +221,9 @@ class FaceProbe(Probe):
         if min(h, w) >= self.size:
             return np.ascontiguousarray(image)
         f = self.size / min(h, w)
-        return np.asarray(Image.fromarray(image).resize((round(w * f), round(h * f)), Image.BICUBIC))
+        return np.asarray(
+            Image.fromarray(image).resize((round(w * f), round(h * f)), Image.Resampling.BICUBIC)
+        )
 
     def measure_one(self, image: np.ndarray) -> dict[str, float] | None:
         """Attributes of one (H, W, 3) uint8 image, or None when no face is found."""

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from clusterguide.baselines.model import TrainedBaseline
+from clusterguide.evaluation.results import Evaluation, Table1Row
 from clusterguide.evaluation.tables import (
     PRIOR,
     describe_setting,
@@ -24,8 +26,22 @@ from clusterguide.evaluation.tables import (
 from clusterguide.imaging import grid_image
 from clusterguide.sampler import ClusterSampler
 
-COLORS = {"imle": "#1f77b4", "exact": "#d62728", PRIOR: "#8c8c8c"}
-BAR_COLORS = {"clusterguide": "#1f77b4", "ganspace": "#2ca02c", "sefa": "#9467bd", "random": "#8c8c8c"}
+COLORS = {
+    "imle": "#1f77b4",
+    "exact": "#d62728",
+    PRIOR: "#8c8c8c",
+    "clustergan": "#ff7f0e",
+    "selfcond": "#8c564b",
+}
+BAR_COLORS = {
+    "clusterguide": "#1f77b4",
+    "ganspace": "#2ca02c",
+    "sefa": "#9467bd",
+    "clustergan": "#ff7f0e",
+    "selfcond": "#8c564b",
+    "random": "#8c8c8c",
+}
+Trained = dict[str, TrainedBaseline] | None  # trained baselines by method; None: the shipped ones
 PAPER_YAW = 0.95  # the paper's Table 2: share of 'pose right' (yaw at least 10 degrees) images, ours
 
 
@@ -156,10 +172,10 @@ th{background:#f4f4f4} td.l,th.l{text-align:left}
 """
 
 
-def _rows_by_cluster(evaluation: dict) -> dict[str, dict[str, dict]]:
-    out: dict[str, dict[str, dict]] = {}
-    for r in evaluation["table1"]:
-        out.setdefault(r["cluster"], {})[r["method"]] = r
+def _rows_by_cluster(evaluation: Evaluation) -> dict[str, dict[str, Table1Row]]:
+    out: dict[str, dict[str, Table1Row]] = {}
+    for r in evaluation.table1:
+        out.setdefault(r.cluster, {})[r.method] = r
     return out
 
 
@@ -181,35 +197,28 @@ def _attr_head(a: dict) -> str:
     return _tag("th", f"{_esc(a['name'])}<br>{_tag('span', _esc(a['unit']), 'muted')}")
 
 
-def _table1_html(evaluation: dict) -> str:
-    attrs = evaluation["probe"]["attributes"]
+def _table1_html(evaluation: Evaluation) -> str:
+    attrs = evaluation.probe["attributes"]
     heads = [_tag("th", h, "l") for h in ("cluster", "name", "method")]
     heads += [_tag("th", h) for h in ("p<sub>c</sub>", "acceptance", "detected", "diversity")]
     lines = ["<table>", _row(heads + [_attr_head(a) for a in attrs])]
-    for r in evaluation["table1"]:
-        cells = [
-            _left(r["cluster"]),
-            _left(r["name"]),
-            _left(r["method"]),
-            _tag("td", _num(r.get("share"), 3)),
-        ]
-        if "skipped" in r:
-            cells.append(_tag("td", f"skipped: {_esc(r['skipped'])}", "l muted", colspan=str(3 + len(attrs))))
+    for r in evaluation.table1:
+        cells = [_left(r.cluster), _left(r.name), _left(r.method), _tag("td", _num(r.share, 3))]
+        if not r.measured:
+            cells.append(_tag("td", f"skipped: {_esc(r.skipped)}", "l muted", colspan=str(3 + len(attrs))))
         else:
-            cells += [_tag("td", _num(r.get("acceptance_rate"), 3)), _tag("td", _pct(r["detection_rate"]))]
-            cells.append(_tag("td", _num(r.get("diversity"), 3)))
+            cells += [_tag("td", _num(r.acceptance_rate, 3)), _tag("td", _pct(r.detection_rate))]
+            cells.append(_tag("td", _num(r.diversity, 3)))
             for a in attrs:
-                st = r["stats"][a["name"]]
-                cells.append(
-                    _tag("td", "–" if st["mean"] is None else f"{_num(st['mean'])} ± {_num(st['std'])}")
-                )
+                st = r.stats[a["name"]]
+                cells.append(_tag("td", "–" if st.mean is None else f"{_num(st.mean)} ± {_num(st.std)}"))
         lines.append(_row(cells))
     lines.append("</table>")
     return "\n".join(lines)
 
 
-def _histograms_html(evaluation: dict) -> str:
-    attrs = evaluation["probe"]["attributes"]
+def _histograms_html(evaluation: Evaluation) -> str:
+    attrs = evaluation.probe["attributes"]
     by_cluster = _rows_by_cluster(evaluation)
     prior = by_cluster.get(PRIOR, {}).get(PRIOR)
     key = "".join(f"<span><i style='background:{c}'></i>{_esc(m)}</span>" for m, c in COLORS.items())
@@ -220,23 +229,20 @@ def _histograms_html(evaluation: dict) -> str:
     ]
     ranges = {}
     for a in attrs:
-        rows = [r for r in evaluation["table1"] if "values" in r]
-        vals = [x for r in rows for x in r["values"][a["name"]] if x is not None]
+        vals = [x for r in evaluation.table1 if r.measured for x in r.values[a["name"]] if x is not None]
         lo, hi = np.percentile(vals, [1, 99]) if vals else (0.0, 1.0)
         ranges[a["name"]] = (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
     for cluster, methods in by_cluster.items():
         if cluster == PRIOR:
             continue
-        name = methods[next(iter(methods))].get("name", "")
+        name = methods[next(iter(methods))].name
         cells = [_tag("td", f"{_esc(cluster)}<br>{_tag('span', _esc(name), 'muted')}", "l")]
         for a in attrs:
             series = [
-                (m, r["values"][a["name"]], COLORS.get(m, "#333"))
-                for m, r in methods.items()
-                if "values" in r
+                (m, r.values[a["name"]], COLORS.get(m, "#333")) for m, r in methods.items() if r.measured
             ]
             if prior is not None:
-                series.append((PRIOR, prior["values"][a["name"]], COLORS[PRIOR]))
+                series.append((PRIOR, prior.values[a["name"]], COLORS[PRIOR]))
             cells.append(_tag("td", svg_histograms(series, *ranges[a["name"]])))
         lines.append(_row(cells))
     lines.append("</table>")
@@ -249,25 +255,25 @@ def _card(caption: str, images: np.ndarray, alt: str) -> str:
     return _tag("div", _tag("div", caption, "cap") + img, "card")
 
 
-def _grids_html(sampler: ClusterSampler, evaluation: dict, per_row: int) -> str:
+def _grids_html(sampler: ClusterSampler, evaluation: Evaluation, per_row: int, trained: Trained) -> str:
     cards = []
     for cluster, methods in _rows_by_cluster(evaluation).items():
         for method, r in methods.items():
-            if "skipped" in r:
+            if not r.measured:
                 continue
-            if cluster == PRIOR:
-                title = "random prior samples"
+            if cluster == PRIOR or ":" in cluster:  # random samples, or a trained baseline's cluster
+                title = r.name
             else:
-                title = f"cluster {cluster}" + (f" ({r['name']})" if r["name"] else "")
-            caption = f"<b>{_esc(title)}</b> · {_esc(method)} · detected {_pct(r['detection_rate'])}"
-            cards.append(_card(caption, table1_images(sampler, evaluation, r, per_row), title))
+                title = f"cluster {cluster}" + (f" ({r.name})" if r.name else "")
+            caption = f"<b>{_esc(title)}</b> · {_esc(method)} · detected {_pct(r.detection_rate)}"
+            cards.append(_card(caption, table1_images(sampler, evaluation, r, per_row, trained), title))
     return _tag("div", "".join(cards), "grid")
 
 
-def _table2_html(sampler: ClusterSampler, evaluation: dict, per_row: int) -> str:
+def _table2_html(sampler: ClusterSampler, evaluation: Evaluation, per_row: int, trained: Trained) -> str:
     out = []
-    for block in evaluation["table2"]:
-        attr = block["attribute"]
+    for block in evaluation.table2:
+        attr = block.attribute
         heads = [
             _tag("th", "method", "l"),
             _tag("th", "setting", "l"),
@@ -275,25 +281,25 @@ def _table2_html(sampler: ClusterSampler, evaluation: dict, per_row: int) -> str
         ]
         more = ("detected", f"mean {_esc(attr)}", "diversity / random", "share on the selection set")
         heads += [_tag("th", h) for h in more]
-        lines = [f"<h3>target <code>{_esc(block['target'])}</code></h3>", "<table>", _row(heads)]
-        for r in block["rows"]:
-            cells = [_left(r["method"]), _left(describe_setting(r)), _tag("td", f"<b>{_pct(r['share'])}</b>")]
-            cells += [_tag("td", _pct(r["detection_rate"])), _tag("td", _num(r["mean"]))]
+        lines = [f"<h3>target <code>{_esc(block.target)}</code></h3>", "<table>", _row(heads)]
+        for r in block.rows:
+            cells = [_left(r.method), _left(describe_setting(r)), _tag("td", f"<b>{_pct(r.share)}</b>")]
+            cells += [_tag("td", _pct(r.detection_rate)), _tag("td", _num(r.mean))]
             cells.append(_tag("td", _num(relative_diversity(block, r))))
-            cells.append(_tag("td", _pct(r["select_share"])))
+            cells.append(_tag("td", _pct(r.select_share)))
             lines.append(_row(cells))
         lines.append("</table>")
         ref = ("the paper's result for 'pose right' (95%)", PAPER_YAW) if attr == "yaw" else None
-        bars = [(r["method"], r["share"], BAR_COLORS.get(r["family"], "#333")) for r in block["rows"]]
+        bars = [(r.method, r.share, BAR_COLORS.get(r.family, "#333")) for r in block.rows]
         lines.append(svg_bars(bars, ref))
         if ref:
             lines.append(
                 _tag("p", "dashed line: the paper's Table 2, its method on yaw ('pose right'), 95%", "muted")
             )
         cards = []
-        for r in block["rows"]:
-            caption = f"<b>{_esc(r['method'])}</b> · {_esc(describe_setting(r))}"
-            cards.append(_card(caption, table2_images(sampler, evaluation, r, per_row), r["method"]))
+        for r in block.rows:
+            caption = f"<b>{_esc(r.method)}</b> · {_esc(describe_setting(r))}"
+            cards.append(_card(caption, table2_images(sampler, evaluation, r, per_row, trained), r.method))
         lines.append(_tag("div", "".join(cards), "grid"))
         out.append("\n".join(lines))
     return "\n".join(out)
@@ -318,45 +324,100 @@ def _table2_note(cfg: dict) -> str:
     )
 
 
-def build_report(sampler: ClusterSampler, evaluation: dict, per_row: int = 16) -> str:
-    """The HTML page (a string) for ``evaluation`` of ``sampler``'s run."""
-    cfg, fit, gen = evaluation["config"], evaluation["fit"], evaluation["generator"]
-    probe = evaluation["probe"]
+def _baselines_note(evaluation: Evaluation) -> str:
+    parts = []
+    for info in evaluation.baselines.values():
+        if "skipped" in info:
+            parts.append(f"{info['title']}: not compared ({info['skipped']})")
+        else:
+            parts.append(
+                f"{info['title']}: trained from scratch here on {info['training_images']} images of "
+                f"{info['generator']} at {info['size']} px, {info['steps']} steps in {info['minutes']} min on a CPU"
+            )
+    return "Trained baselines. " + "; ".join(parts) + "." if parts else ""
+
+
+def _quality_html(evaluation: Evaluation) -> str:
+    q = evaluation.quality
+    if q is None:
+        return ""
+    heads = [_tag("th", "images", "l")] + [
+        _tag("th", h) for h in ("px", "n", "detected", "KID ×1000", "± std", "diversity")
+    ]
+    lines = ["<table>", _row(heads)]
+    for r in q.rows:
+        cells = [
+            _left(r.source),
+            _tag("td", str(r.size)),
+            _tag("td", str(r.n)),
+            _tag("td", _pct(r.detection_rate)),
+        ]
+        cells += [
+            _tag("td", _num(r.kid, 2)),
+            _tag("td", _num(r.kid_std, 2)),
+            _tag("td", _num(r.diversity, 3)),
+        ]
+        lines.append(_row(cells))
+    lines.append("</table>")
+    note = (
+        f"KID: unbiased squared MMD (cubic polynomial kernel, ×1000) to {q.reference}, in the features of a "
+        f"{q.features}: low-level image statistics, not semantics; 0 means indistinguishable. "
+        "Detected: the probe's detection rate on the same images."
+    )
+    return _tag("p", _esc(note), "muted") + "\n".join(lines)
+
+
+def build_report(
+    sampler: ClusterSampler, evaluation: Evaluation, per_row: int = 16, trained: Trained = None
+) -> str:
+    """The HTML page (a string) for ``evaluation`` of ``sampler``'s run (``trained``: the trained
+    baselines it compared, when they are not the shipped ones)."""
+    cfg, fit, gen = evaluation.config, evaluation.fit, evaluation.generator
+    probe = evaluation.probe
     attr_list = "".join(
         f"<li><b>{_esc(a['name'])}</b> ({_esc(a['unit'])}): {_esc(a['description'])}</li>"
         for a in probe["attributes"]
     )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     facts = [
-        f"run <code>{_esc(evaluation.get('run'))}</code>",
+        f"run <code>{_esc(evaluation.run)}</code>",
         f"generator <b>{_esc(gen['name'])}</b>",
         f"clusters at <b>{_esc(fit['layer'])}</b>, k = {fit['clusters']}",
         f"probe <b>{_esc(probe['name'])}</b>",
         f"{cfg['n']} images per row, seed {cfg['seed']}",
-        f"clusterguide {_esc(evaluation['version'])}",
+        f"clusterguide {_esc(evaluation.version)}",
         stamp,
     ]
-    title = f"clusterguide evaluation: {_esc(evaluation.get('run') or '')}"
+    title = f"clusterguide evaluation: {_esc(evaluation.run or '')}"
     sections = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{title}</title><style>{_CSS}</style></head><body>",
         "<h1>Cluster-guided sampling: attribute evaluation</h1>",
         _tag("p", " · ".join(facts)),
         _tag("p", _esc(probe["description"]), "muted") + _tag("ul", attr_list, "muted"),
+    ]
+    if evaluation.baselines:
+        sections.append(_tag("p", _esc(_baselines_note(evaluation)), "muted"))
+    sections += [
         "<h2>Samples</h2>",
         _tag("p", "The first images of each row of Table 1 (the same images the table measured).", "muted"),
-        _grids_html(sampler, evaluation, per_row),
+        _grids_html(sampler, evaluation, per_row, trained),
         "<h2>Table 1: attributes per cluster</h2>",
         _tag("p", _TABLE1_NOTE, "muted"),
         _table1_html(evaluation),
         "<h2>Attribute histograms</h2>",
         _histograms_html(evaluation),
     ]
-    if evaluation["table2"]:
+    if evaluation.table2:
         sections += [
             "<h2>Table 2: share of images that meet a target</h2>",
             _tag("p", _table2_note(cfg), "muted"),
-            _table2_html(sampler, evaluation, min(per_row, 8)),
+            _table2_html(sampler, evaluation, min(per_row, 8), trained),
+        ]
+    if evaluation.quality is not None:
+        sections += [
+            "<h2>Sample quality: the generator and the trained baselines</h2>",
+            _quality_html(evaluation),
         ]
     sections.append("</body></html>")
     return "\n".join(sections)

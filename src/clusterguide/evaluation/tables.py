@@ -10,27 +10,50 @@ measures, and that detection rate; once for IMLE samples G(T_c(e)) and once for 
 
 - this method: the cluster that meets the target best, sampled with IMLE and exactly;
 - GANSpace and SeFa: the direction (component and sign) and step that meet it best;
+- the trained baselines ClusterGAN and SCGAN (:mod:`clusterguide.baselines`), when they were trained
+  on images of the run's generator: the one of their k clusters that meets it best;
 - random prior samples.
+
+Table 1 has a row for each of the trained baselines' k clusters too, and a **sample quality**
+section sets their images next to the generator's: face detection rate and a KID-style distance to
+the baselines' training images (:mod:`clusterguide.evaluation.quality`).
 
 Choices are made on a separate *selection* stream of ``select_n`` images per candidate and the
 shares are then measured on ``n`` fresh images, so no row profits from picking its own noise. Every
 row uses the same generator, the same probe and the same number of images. Baseline edits start
 from the same prior latents the random row uses.
+
+Results are typed records (:mod:`clusterguide.evaluation.results`); their JSON is the evaluation file.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 import clusterguide
 from clusterguide import artifacts
+from clusterguide.baselines.data import draw_images, shrink
+from clusterguide.baselines.model import METHODS as TRAINED
+from clusterguide.baselines.model import TITLES, TrainedBaseline, shipped
 from clusterguide.display import table
 from clusterguide.errors import UserError
 from clusterguide.evaluation.baselines import Directions, Edit, edit_latents, ganspace, prior_latents, sefa
-from clusterguide.evaluation.probes import Probe, ProbeResult, measure
+from clusterguide.evaluation.probe_base import Probe, ProbeResult, measure
+from clusterguide.evaluation.quality import image_features, kid
+from clusterguide.evaluation.results import (
+    FORMAT,
+    Evaluation,
+    Quality,
+    QualityRow,
+    Stat,
+    Table1Row,
+    Table2Block,
+    Table2Row,
+)
 from clusterguide.evaluation.targets import Target
 from clusterguide.progress import progress
 from clusterguide.run import Run
@@ -38,7 +61,7 @@ from clusterguide.sampler import METHODS, ClusterSampler
 from clusterguide.seeding import derive_seed
 
 PRIOR = "prior"  # the cluster column of the random-sampling row of Table 1
-FORMAT = "clusterguide-evaluation"
+__all__ = ["FORMAT", "PRIOR", "EvalConfig", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -56,16 +79,20 @@ class EvalConfig:
     ganspace_layer: str | None = None  # None: the run's clustering layer; "latent": PCA of the latents
     ganspace_samples: int = 4000  # prior samples for GANSpace's PCA
     batch_size: int = 64  # images per generator pass
+    trained: tuple[str, ...] = TRAINED  # trained baselines compared (when trained on the run's generator)
+    quality_reference: int = 1000  # training images the sample-quality distances are measured against
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["methods"], data["steps"] = list(self.methods), list(self.steps)
+        data["trained"] = list(self.trained)
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> EvalConfig:
         data = dict(data)
         data["methods"], data["steps"] = tuple(data["methods"]), tuple(data["steps"])
+        data["trained"] = tuple(data.get("trained", ()))  # files from before the trained baselines: none
         return cls(**data)
 
     def check(self) -> EvalConfig:
@@ -85,6 +112,11 @@ class EvalConfig:
             raise UserError(
                 f"--ganspace-samples ({self.ganspace_samples}) must exceed --components ({self.components})"
             )
+        wrong = [t for t in self.trained if t not in TRAINED]
+        if wrong:
+            raise UserError(f"unknown trained baseline {wrong[0]!r}; choose from: {', '.join(TRAINED)}")
+        if self.quality_reference < 2:
+            raise UserError(f"--quality-reference must be at least 2 (got {self.quality_reference})")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise UserError(
@@ -96,21 +128,17 @@ class EvalConfig:
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-def attribute_stats(result: ProbeResult) -> dict[str, dict]:
+def attribute_stats(result: ProbeResult) -> dict[str, Stat]:
     """Mean, standard deviation and count of each attribute over the images where it is defined."""
     out = {}
     for name, values in result.values.items():
         v = np.asarray(values, dtype=np.float64)[np.asarray(result.detected)]
         v = v[~np.isnan(v)]
-        out[name] = {
-            "mean": float(v.mean()) if len(v) else None,
-            "std": float(v.std()) if len(v) else None,
-            "n": len(v),
-        }
+        out[name] = Stat(float(v.mean()) if len(v) else None, float(v.std()) if len(v) else None, len(v))
     return out
 
 
-def _values_json(result: ProbeResult, digits: int = 3) -> dict[str, list]:
+def _values_json(result: ProbeResult, digits: int = 3) -> dict[str, list[float | None]]:
     """Per-image values for plots; None where not measured."""
     out = {}
     for name, values in result.values.items():
@@ -155,60 +183,72 @@ def _clusters_for(sampler: ClusterSampler, method: str) -> list[str]:
     return [c for c in run.clusters() if method != "imle" or c in run.mappings]
 
 
-# ---- Table 1 -------------------------------------------------------------------------------------
+def baseline_cluster(method: str, cluster: int) -> str:
+    """Table 1's cluster column for a trained baseline's cluster: ``clustergan:2``."""
+    return f"{method}:{cluster}"
 
 
-def table1(sampler: ClusterSampler, probe: Probe, config: EvalConfig) -> list[dict]:
-    """One row per (cluster, method) and one for random prior samples."""
-    run = sampler.run
-    jobs = [(c, m) for c in run.clusters() for m in config.methods]
-    rows = []
-    for cluster, method in progress(jobs, total=len(jobs), desc="Table 1", unit="cluster"):
-        row = {
-            "cluster": cluster,
-            "name": run.names.get(cluster, ""),
-            "method": method,
-            "n": config.n,
-            "share": run.tree.stats.get(cluster, {}).get("share"),
-        }
-        if method == "imle" and cluster not in run.mappings:
-            rows.append({**row, "skipped": run.skipped.get(cluster, "no mapping")})
-            continue
+# ---- the trained baselines -----------------------------------------------------------------------
+
+
+def trained_baselines(
+    sampler: ClusterSampler, config: EvalConfig
+) -> tuple[dict[str, TrainedBaseline], dict[str, dict]]:
+    """The shipped baselines of ``config.trained`` trained on the run's generator (on the sampler's
+    device), and for every one either what it is (steps, minutes, size) or why it is left out."""
+    device = str(sampler.device)
+    used: dict[str, TrainedBaseline] = {}
+    info: dict[str, dict] = {}
+    for name in config.trained:
         try:
-            out = _sample(sampler, cluster, config.n, config.seed, method, config.batch_size)
-        except UserError as exc:  # an exact sample of a very rare cluster can run out of tries
-            rows.append({**row, "skipped": str(exc)})
+            tb = shipped(name, device)
+        except UserError as exc:
+            info[name] = {"title": TITLES[name], "skipped": str(exc)}
             continue
-        rows.append(_row(row, measure_images(probe, out.images, config.batch_size), out.acceptance_rate))
-    out = sampler.random(config.n, seed=config.seed, batch_size=config.batch_size)
-    prior = {"cluster": PRIOR, "name": "random prior samples", "method": PRIOR, "n": config.n, "share": 1.0}
-    rows.append(_row(prior, measure_images(probe, out.images, config.batch_size), None))
-    return rows
+        used_on = sampler.run.generator.name
+        if tb.config.generator != used_on:
+            info[name] = {
+                "title": tb.title,
+                "skipped": f"trained on {tb.config.generator} images; the run uses {used_on}",
+            }
+            continue
+        used[name] = tb
+    return used, {**info, **{name: describe_trained(tb) for name, tb in used.items()}}
 
 
-def _row(row: dict, measured: Measured, acceptance: float | None) -> dict:
+def describe_trained(tb: TrainedBaseline) -> dict:
+    c = tb.config
     return {
-        **row,
-        "acceptance_rate": acceptance,
-        "detection_rate": measured.result.detection_rate,
-        "diversity": measured.diversity,
-        "stats": attribute_stats(measured.result),
-        "values": _values_json(measured.result),
+        "title": tb.title,
+        "k": tb.k,
+        "size": c.size,
+        "steps": tb.info.get("step"),
+        "minutes": round(float(tb.info.get("seconds", 0.0)) / 60, 1),
+        "prior": tb.prior,
+        "training_images": c.data_n,
+        "generator": c.generator,
     }
 
 
-# ---- Table 2 -------------------------------------------------------------------------------------
+# ---- measurements, shared by both tables -------------------------------------------------------
 
 
 class _Measurements:
-    """Probe results of every setting tried, measured once and shared by all targets.
+    """Probe results of every setting tried, measured once and shared by both tables.
 
     Keys name the stream too ("select" or "eval"), so a choice made on the selection stream is
     always measured again on fresh images.
     """
 
-    def __init__(self, sampler: ClusterSampler, probe: Probe, config: EvalConfig) -> None:
+    def __init__(
+        self,
+        sampler: ClusterSampler,
+        probe: Probe,
+        config: EvalConfig,
+        trained: dict[str, TrainedBaseline] | None = None,
+    ) -> None:
         self.sampler, self.probe, self.config = sampler, probe, config
+        self.trained = trained or {}
         G = sampler.generator
         self.seeds = {"select": derive_seed(config.seed, "select"), "eval": config.seed}
         self.sizes = {"select": config.select_n, "eval": config.n}
@@ -243,7 +283,82 @@ class _Measurements:
             z = self.prior[stream] if edit is None else edit_latents(self.prior[stream], dirs, edit)
             images = self.sampler.synthesize(z, self.config.batch_size)
             self._cache[key] = measure_images(self.probe, images, self.config.batch_size)
-        return self._cache[key]
+        result = self._cache[key]
+        assert result is not None
+        return result
+
+    def trained_cluster(self, stream: str, method: str, cluster: int) -> Measured:
+        """Images of one cluster of a trained baseline."""
+        key = (stream, "trained", method, cluster)
+        if key not in self._cache:
+            images = self.trained[method].images(cluster, self.sizes[stream], self.seeds[stream])
+            self._cache[key] = measure_images(self.probe, images, self.config.batch_size)
+        result = self._cache[key]
+        assert result is not None
+        return result
+
+
+# ---- Table 1 -------------------------------------------------------------------------------------
+
+
+def table1(
+    sampler: ClusterSampler, probe: Probe, config: EvalConfig, seen: _Measurements | None = None
+) -> list[Table1Row]:
+    """One row per (cluster, method), one per trained baseline's cluster, one for random samples."""
+    run = sampler.run
+    seen = seen or _Measurements(sampler, probe, config)
+    jobs = [(c, m) for c in run.clusters() for m in config.methods]
+    rows = []
+    for cluster, method in progress(jobs, total=len(jobs), desc="Table 1", unit="cluster"):
+        name, share = run.names.get(cluster, ""), run.tree.stats.get(cluster, {}).get("share")
+        if method == "imle" and cluster not in run.mappings:
+            skipped = run.skipped.get(cluster, "no mapping")
+            rows.append(Table1Row(cluster, name, method, config.n, share, skipped=skipped))
+            continue
+        try:
+            out = _sample(sampler, cluster, config.n, config.seed, method, config.batch_size)
+        except UserError as exc:  # an exact sample of a very rare cluster can run out of tries
+            rows.append(Table1Row(cluster, name, method, config.n, share, skipped=str(exc)))
+            continue
+        measured = measure_images(probe, out.images, config.batch_size)
+        rows.append(_row(cluster, name, method, config.n, share, measured, out.acceptance_rate))
+    for method, tb in seen.trained.items():
+        for c in range(tb.k):
+            measured = seen.trained_cluster("eval", method, c)
+            name = f"{tb.title} cluster {c}"
+            rows.append(
+                _row(baseline_cluster(method, c), name, method, config.n, tb.prior[c], measured, None)
+            )
+    out = sampler.random(config.n, seed=config.seed, batch_size=config.batch_size)
+    measured = measure_images(probe, out.images, config.batch_size)
+    rows.append(_row(PRIOR, "random prior samples", PRIOR, config.n, 1.0, measured, None))
+    return rows
+
+
+def _row(
+    cluster: str,
+    name: str,
+    method: str,
+    n: int,
+    share: float | None,
+    measured: Measured,
+    acceptance: float | None,
+) -> Table1Row:
+    return Table1Row(
+        cluster,
+        name,
+        method,
+        n,
+        share,
+        acceptance_rate=acceptance,
+        detection_rate=measured.result.detection_rate,
+        diversity=measured.diversity,
+        stats=attribute_stats(measured.result),
+        values=_values_json(measured.result),
+    )
+
+
+# ---- Table 2 -------------------------------------------------------------------------------------
 
 
 def _score(target: Target, measured: Measured) -> tuple[float, float]:
@@ -254,18 +369,24 @@ def _score(target: Target, measured: Measured) -> tuple[float, float]:
     return target.share(result), (target.sign * float(v.mean()) if len(v) else -np.inf)
 
 
-def _outcome(target: Target, measured: Measured) -> dict:
+def _outcome(
+    target: Target, measured: Measured, method: str, family: str, setting: dict, select: float | None
+) -> Table2Row:
     result = measured.result
     v = np.asarray(result.values[target.attribute], dtype=np.float64)[np.asarray(result.detected)]
     v = v[~np.isnan(v)]
-    return {
-        "share": target.share(result),
-        "detection_rate": result.detection_rate,
-        "mean": float(v.mean()) if len(v) else None,
-        "std": float(v.std()) if len(v) else None,
-        "n": len(result),
-        "diversity": measured.diversity,
-    }
+    return Table2Row(
+        method=method,
+        family=family,
+        setting=setting,
+        select_share=select,
+        share=target.share(result),
+        detection_rate=result.detection_rate,
+        mean=float(v.mean()) if len(v) else None,
+        std=float(v.std()) if len(v) else None,
+        n=len(result),
+        diversity=measured.diversity,
+    )
 
 
 def baseline_directions(sampler: ClusterSampler, config: EvalConfig) -> list[Directions]:
@@ -281,16 +402,7 @@ def baseline_directions(sampler: ClusterSampler, config: EvalConfig) -> list[Dir
     return [gs, sefa(G, components=config.components)]
 
 
-def table2(
-    sampler: ClusterSampler,
-    probe: Probe,
-    targets: list[Target],
-    config: EvalConfig,
-    directions: list[Directions] | None = None,
-) -> list[dict]:
-    """One block per target: the best cluster per method, the best GANSpace and SeFa edits, random."""
-    if not targets:
-        return []
+def check_targets(probe: Probe, targets: list[Target]) -> None:
     names = probe.attribute_names()
     for t in targets:
         if t.attribute not in names:
@@ -298,9 +410,24 @@ def table2(
             raise UserError(
                 f"target {t}: probe {probe.name!r} measures no {t.attribute!r}; it measures: {known}"
             )
+
+
+def table2(
+    sampler: ClusterSampler,
+    probe: Probe,
+    targets: list[Target],
+    config: EvalConfig,
+    directions: list[Directions] | None = None,
+    seen: _Measurements | None = None,
+) -> list[Table2Block]:
+    """One block per target: the best cluster per method, the best GANSpace and SeFa edits, the best
+    cluster of each trained baseline, random."""
+    if not targets:
+        return []
+    check_targets(probe, targets)
     run = sampler.run
     directions = directions if directions is not None else baseline_directions(sampler, config)
-    seen = _Measurements(sampler, probe, config)
+    seen = seen or _Measurements(sampler, probe, config)
     middle = config.steps[(len(config.steps) - 1) // 2]
     blocks = []
     for target in progress(targets, total=len(targets), desc="Table 2", unit="target"):
@@ -313,16 +440,11 @@ def table2(
                 if res is not None and _score(target, res) > best_score:
                     best, best_score = c, _score(target, res)
             res = seen.cluster("eval", best, method) if best is not None else None
-            if res is None:
+            if res is None or best is None:
                 continue
+            setting: dict[str, Any] = {"cluster": best, "name": run.names.get(best, ""), "method": method}
             rows.append(
-                {
-                    "method": f"clusterguide ({method})",
-                    "family": "clusterguide",
-                    "setting": {"cluster": best, "name": run.names.get(best, ""), "method": method},
-                    "select_share": best_score[0],
-                    **_outcome(target, res),
-                }
+                _outcome(target, res, f"clusterguide ({method})", "clusterguide", setting, best_score[0])
             )
         # the baselines: shortlist (component, sign) at the middle step, then try every step on it
         for dirs in directions:
@@ -339,87 +461,169 @@ def table2(
                 key=lambda r: (r[0], r[1]),
                 reverse=True,
             )
-            best_edit, best_score = None, (-1.0, -np.inf)
+            best_edit, best_score = Edit(0, 1, middle), (-1.0, -np.inf)
             for _, _, e0 in ranked[: config.shortlist]:
                 for step in config.steps:
                     e = Edit(e0.component, e0.sign, step)
                     score = _score(target, seen.edit("select", dirs, e))
                     if score > best_score:
                         best_edit, best_score = e, score
-            res = seen.edit("eval", dirs, best_edit)
-            rows.append(
-                {
-                    "method": {"ganspace": "GANSpace", "sefa": "SeFa"}[dirs.method],
-                    "family": dirs.method,
-                    "setting": {
-                        **best_edit.to_json(),
-                        "source": dirs.source,
-                        "strength": float(dirs.strengths[best_edit.component]),
-                        "direction": [round(float(x), 6) for x in dirs.vectors[best_edit.component]],
-                    },
-                    "select_share": best_score[0],
-                    **_outcome(target, res),
-                }
-            )
-        res = seen.edit("eval", directions[0], None)
-        rows.append(
-            {
-                "method": "random",
-                "family": "random",
-                "setting": {},
-                "select_share": None,
-                **_outcome(target, res),
+            setting = {
+                **best_edit.to_json(),
+                "source": dirs.source,
+                "strength": float(dirs.strengths[best_edit.component]),
+                "direction": [round(float(x), 6) for x in dirs.vectors[best_edit.component]],
             }
-        )
-        blocks.append({"target": str(target), **target.to_json(), "rows": rows})
+            title = {"ganspace": "GANSpace", "sefa": "SeFa"}[dirs.method]
+            res = seen.edit("eval", dirs, best_edit)
+            rows.append(_outcome(target, res, title, dirs.method, setting, best_score[0]))
+        # the trained baselines: the best of their k clusters
+        for method, tb in seen.trained.items():
+            scores = [(_score(target, seen.trained_cluster("select", method, c)), -c) for c in range(tb.k)]
+            (best_trained, neg_cluster) = max(scores)
+            chosen = -neg_cluster
+            setting = {"baseline": method, "cluster": chosen, "name": f"{tb.title} cluster {chosen}"}
+            res = seen.trained_cluster("eval", method, chosen)
+            rows.append(_outcome(target, res, tb.title, method, setting, best_trained[0]))
+        res = seen.edit("eval", directions[0], None)
+        rows.append(_outcome(target, res, "random", "random", {}, None))
+        blocks.append(Table2Block(str(target), target.attribute, target.op, target.threshold, rows))
     return blocks
 
 
-# ---- both tables ---------------------------------------------------------------------------------
+# ---- sample quality ------------------------------------------------------------------------------
 
 
-def evaluate(sampler: ClusterSampler, probe: Probe, config: EvalConfig, targets: list[Target] = ()) -> dict:
-    """Tables 1 and 2 as one JSON-ready dict."""
+def sample_quality(
+    sampler: ClusterSampler, probe: Probe, config: EvalConfig, trained: dict[str, TrainedBaseline]
+) -> Quality | None:
+    """Detection rate and distance to the training images of the generator and each trained baseline.
+
+    The reference is the first ``config.quality_reference`` images of the baselines' training set;
+    every compared set is ``config.n`` fresh images of stream ``(seed, "quality")``. The generator
+    is measured at its own size and shrunk to the baselines' size, so a reader can tell what the
+    resolution costs the probe from what training from scratch costs.
+    """
+    if not trained:
+        return None
+    first = next(iter(trained.values()))
+    size, data_seed = int(first.config.size), int(first.config.data_seed)
+    G = sampler.generator
+    reference = draw_images(G, config.quality_reference, size, data_seed, batch_size=config.batch_size)
+    ref_feats = image_features(reference, size, seed=config.seed)
+    seed = derive_seed(config.seed, "quality")
+
+    def row(source: str, family: str, images: np.ndarray) -> QualityRow:
+        measured = measure_images(probe, images, config.batch_size)
+        mean, std = kid(image_features(images, size, seed=config.seed), ref_feats, seed=config.seed)
+        return QualityRow(
+            source,
+            family,
+            int(images.shape[1]),
+            len(images),
+            measured.result.detection_rate,
+            1000 * mean,
+            1000 * std,
+            measured.diversity,
+        )
+
+    z = G.sample_latents(config.n, seed)
+    full = sampler.synthesize(z, config.batch_size)
+    rows = [row(f"{G.name} ({G.image_size} px)", "generator", full)]
+    if G.image_size != size:
+        rows.append(row(f"{G.name} shrunk to {size} px", "generator", shrink(full, size)))
+    for method, tb in trained.items():
+        rows.append(row(f"{tb.title} ({size} px)", method, tb.random(config.n, seed)))
+    features = f"fixed random conv net (seed {config.seed}), channel mean+std at three scales, {size} px"
+    reference_text = f"the first {config.quality_reference} training images ({G.name} shrunk to {size} px)"
+    return Quality(reference_text, features, rows)
+
+
+# ---- all of it -----------------------------------------------------------------------------------
+
+
+def evaluate(
+    sampler: ClusterSampler,
+    probe: Probe,
+    config: EvalConfig,
+    targets: list[Target] = (),  # type: ignore[assignment]
+    trained: dict[str, TrainedBaseline] | None = None,
+) -> Evaluation:
+    """Tables 1 and 2 and the sample-quality comparison. ``trained``: the trained baselines to
+    compare (default: the shipped ones named in ``config.trained`` that fit the run's generator)."""
     config.check()
+    check_targets(probe, list(targets))
     run = sampler.run
-    t1 = table1(sampler, probe, config)
-    t2 = table2(sampler, probe, list(targets), config)
-    return {
-        "format": FORMAT,
-        "class": "Evaluation",
-        "version": clusterguide.__version__,
-        "run": str(run.path) if run.path else None,
-        "generator": {**run.generator.to_json(), "weights_id": run.generator_info.get("weights_id")},
-        "fit": run.fit.to_json(),
-        "run_files": run_fingerprint(run),
-        "config": config.to_json(),
-        "probe": {
+    if trained is None:
+        trained, info = trained_baselines(sampler, config)
+    else:
+        info = {name: describe_trained(tb) for name, tb in trained.items()}
+    seen = _Measurements(sampler, probe, config, trained)
+    t1 = table1(sampler, probe, config, seen)
+    t2 = table2(sampler, probe, list(targets), config, seen=seen)
+    return Evaluation(
+        version=clusterguide.__version__,
+        run=str(run.path) if run.path else None,
+        generator={**run.generator.to_json(), "weights_id": run.generator_info.get("weights_id")},
+        fit=run.fit.to_json(),
+        run_files=run_fingerprint(run),
+        config=config.to_json(),
+        probe={
             "name": probe.name,
             "description": probe.description,
             "attributes": [asdict(a) for a in probe.attributes],
         },
-        "table1": t1,
-        "table2": t2,
-    }
+        table1=t1,
+        table2=t2,
+        quality=sample_quality(sampler, probe, config, trained),
+        baselines=info,
+    )
 
 
 # ---- images of a table's rows (for the report) ------------------------------------------------
 
 
-def table1_images(sampler: ClusterSampler, evaluation: dict, row: dict, n: int) -> np.ndarray:
+def _trained(
+    evaluation: Evaluation, method: str, trained: dict[str, TrainedBaseline] | None
+) -> TrainedBaseline:
+    """The trained baseline a row came from: from ``trained`` when given, else the shipped one."""
+    if trained is not None and method in trained:
+        return trained[method]
+    if method not in evaluation.baselines or "skipped" in evaluation.baselines[method]:
+        raise UserError(f"the evaluation used no {method} baseline")
+    return shipped(method)
+
+
+def table1_images(
+    sampler: ClusterSampler,
+    evaluation: Evaluation,
+    row: Table1Row,
+    n: int,
+    trained: dict[str, TrainedBaseline] | None = None,
+) -> np.ndarray:
     """The first ``n`` of the images a Table 1 row measured (streams do not depend on n)."""
-    cfg = EvalConfig.from_json(evaluation["config"])
-    n = min(n, row["n"])
-    if row["method"] == PRIOR:
+    cfg = EvalConfig.from_json(evaluation.config)
+    n = min(n, row.n)
+    if row.method == PRIOR:
         return sampler.random(n, seed=cfg.seed, batch_size=cfg.batch_size).images
-    return _sample(sampler, row["cluster"], n, cfg.seed, row["method"], cfg.batch_size).images
+    if row.method in TRAINED:
+        return _trained(evaluation, row.method, trained).images(int(row.cluster.split(":")[1]), n, cfg.seed)
+    return _sample(sampler, row.cluster, n, cfg.seed, row.method, cfg.batch_size).images
 
 
-def table2_images(sampler: ClusterSampler, evaluation: dict, row: dict, n: int) -> np.ndarray:
+def table2_images(
+    sampler: ClusterSampler,
+    evaluation: Evaluation,
+    row: Table2Row,
+    n: int,
+    trained: dict[str, TrainedBaseline] | None = None,
+) -> np.ndarray:
     """The first ``n`` of the images a Table 2 row measured."""
-    cfg = EvalConfig.from_json(evaluation["config"])
-    n = min(n, row["n"])
-    s = row["setting"]
+    cfg = EvalConfig.from_json(evaluation.config)
+    n = min(n, row.n)
+    s = row.setting
+    if "baseline" in s:
+        return _trained(evaluation, s["baseline"], trained).images(int(s["cluster"]), n, cfg.seed)
     if "cluster" in s:
         return _sample(sampler, s["cluster"], n, cfg.seed, s["method"], cfg.batch_size).images
     z = prior_latents(sampler.generator, n, derive_seed(cfg.seed, "baseline"))
@@ -436,15 +640,13 @@ def run_fingerprint(run: Run) -> dict[str, str]:
     return {name: artifacts.sha256(run.path / name) for name in (artifacts.CLUSTERS, artifacts.MAPPINGS)}
 
 
-def check_matches(evaluation: dict, sampler: ClusterSampler) -> None:
-    """Refuse an evaluation JSON made for another run, another fit of it, or another generator."""
-    if not isinstance(evaluation, dict) or evaluation.get("format") != FORMAT:
-        raise UserError("the file is not a clusterguide evaluation (no evaluation format)")
+def check_matches(evaluation: Evaluation, sampler: ClusterSampler) -> None:
+    """Refuse an evaluation made for another run, another fit of it, or another generator."""
     run = sampler.run
     if (
-        evaluation.get("fit") != run.fit.to_json()
-        or evaluation.get("generator", {}).get("weights_id") != run.generator_info.get("weights_id")
-        or evaluation.get("run_files", {}) != run_fingerprint(run)
+        evaluation.fit != run.fit.to_json()
+        or evaluation.generator.get("weights_id") != run.generator_info.get("weights_id")
+        or evaluation.run_files != run_fingerprint(run)
     ):
         raise UserError(
             "the evaluation was made for another run or generator; recompute it with `clusterguide evaluate`"
@@ -454,70 +656,79 @@ def check_matches(evaluation: dict, sampler: ClusterSampler) -> None:
 # ---- text ----------------------------------------------------------------------------------------
 
 
-def _pm(stat: dict | None, digits: int = 2) -> str:
-    if not stat or stat.get("mean") is None:
+def _pm(stat: Stat | None, digits: int = 2) -> str:
+    if stat is None or stat.mean is None or stat.std is None:
         return "-"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
 
 
-def format_table1(evaluation: dict) -> str:
-    attrs = [a["name"] for a in evaluation["probe"]["attributes"]]
+def format_table1(evaluation: Evaluation) -> str:
+    attrs = evaluation.attribute_names()
     headers = ["cluster", "name", "method", "p_c", "accept", "detected", "diversity", *attrs]
     rows = []
-    for r in evaluation["table1"]:
-        if "skipped" in r:
-            rows.append(
-                [r["cluster"], r["name"], r["method"], r.get("share"), None, None, None] + ["-"] * len(attrs)
-            )
+    for r in evaluation.table1:
+        if not r.measured:
+            rows.append([r.cluster, r.name, r.method, r.share, None, None, None] + ["-"] * len(attrs))
             continue
         rows.append(
             [
-                r["cluster"],
-                r["name"],
-                r["method"],
-                r.get("share"),
-                r.get("acceptance_rate"),
-                r["detection_rate"],
-                r.get("diversity"),
-                *(_pm(r["stats"].get(a)) for a in attrs),
+                r.cluster,
+                r.name,
+                r.method,
+                r.share,
+                r.acceptance_rate,
+                r.detection_rate,
+                r.diversity,
+                *(_pm(r.stats.get(a)) for a in attrs),
             ]
         )
     return table(headers, rows)
 
 
-def describe_setting(row: dict) -> str:
-    s = row["setting"]
+def describe_setting(row: Table2Row) -> str:
+    s = row.setting
     if "cluster" in s:
-        return f"cluster {s['cluster']}" + (f" ({s['name']})" if s.get("name") else "")
+        return f"cluster {s['cluster']}" + (
+            f" ({s['name']})" if s.get("name") and "baseline" not in s else ""
+        )
     if "component" in s:
         return f"component {s['component']}, step {s['sign'] * s['step']:+g}"
     return "-"
 
 
-def relative_diversity(block: dict, row: dict) -> float | None:
+def relative_diversity(block: Table2Block, row: Table2Row) -> float | None:
     """A Table 2 row's pixel diversity over the random row's (1: as varied as random samples)."""
-    base = next((r.get("diversity") for r in block["rows"] if r["family"] == "random"), None)
-    if not base or row.get("diversity") is None:
+    base = block.random_diversity()
+    if not base or row.diversity is None:
         return None
-    return row["diversity"] / base
+    return row.diversity / base
 
 
-def format_table2(evaluation: dict) -> str:
+def format_table2(evaluation: Evaluation) -> str:
     out = []
-    for block in evaluation["table2"]:
+    for block in evaluation.table2:
         rows = [
             [
-                r["method"],
+                r.method,
                 describe_setting(r),
-                r["share"],
-                r["detection_rate"],
-                r["mean"],
+                r.share,
+                r.detection_rate,
+                r.mean,
                 relative_diversity(block, r),
-                r["select_share"],
+                r.select_share,
             ]
-            for r in block["rows"]
+            for r in block.rows
         ]
-        out.append(f"target {block['target']} (share of all images; undetected count as misses)")
-        headers = ["method", "setting", "share", "detected", f"mean {block['attribute']}", "diversity/random"]
+        out.append(f"target {block.target} (share of all images; undetected count as misses)")
+        headers = ["method", "setting", "share", "detected", f"mean {block.attribute}", "diversity/random"]
         out.append(table([*headers, "select share"], rows))
     return "\n\n".join(out)
+
+
+def format_quality(evaluation: Evaluation) -> str:
+    q = evaluation.quality
+    if q is None:
+        return ""
+    rows = [[r.source, r.size, r.n, r.detection_rate, r.kid, r.kid_std, r.diversity] for r in q.rows]
+    headers = ["images", "px", "n", "detected", "KID x1000", "± std", "diversity"]
+    return f"distance to {q.reference}; features: {q.features}\n" + table(headers, rows)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clusterguide.errors import UserError
-from clusterguide.evaluation.probes import ProbeResult
+from clusterguide.evaluation.probe_base import ProbeResult
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 _PATTERN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|=>|=<|>|<|=)\s*(.*?)\s*$")
