@@ -11,6 +11,7 @@ import click
 from clusterguide.cli.convert import convert
 from clusterguide.cli.core import fit, grid, info, layers, sample
 from clusterguide.cli.evaluate import evaluate, report
+from clusterguide.cli.export import export
 from clusterguide.cli.serve import serve
 from clusterguide.cli.tree import choose_k, name, refine
 from clusterguide.errors import UserError
@@ -23,7 +24,7 @@ def cli() -> None:
 
 
 # Every command, by area: the main job, trees and names, evaluation, the gallery, converters.
-for command in (layers, fit, sample, grid, info, refine, name, choose_k, evaluate, report, serve, convert):
+for command in (layers, fit, sample, grid, info, refine, name, choose_k, evaluate, report, serve, convert, export):
     cli.add_command(command)
 
 
