@@ -83,8 +83,13 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
         raise UserError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
-def run_tasks(job: Job, tasks: Sequence[Any], backend: Backend) -> Iterator[tuple[int, Any]]:
-    """Run ``job`` on every task; yields (index into ``tasks``, result) as tasks finish."""
+def run_tasks(
+    job: Job, tasks: Sequence[Any], backend: Backend, state: Any = None
+) -> Iterator[tuple[int, Any]]:
+    """Run ``job`` on every task; yields (index into ``tasks``, result) as tasks finish.
+
+    ``state``: what ``job.setup()`` would return, when the caller already has it (a loaded
+    generator); used only when the tasks run in this process."""
     if not tasks:
         return
     if backend.ray:
@@ -92,7 +97,7 @@ def run_tasks(job: Job, tasks: Sequence[Any], backend: Backend) -> Iterator[tupl
     elif backend.workers > 1 and len(tasks) > 1:
         yield from _run_processes(job, tasks, backend)
     else:
-        state = job.setup()
+        state = job.setup() if state is None else state
         for i, task in enumerate(tasks):
             yield i, job.run(state, task)
 

@@ -27,7 +27,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -416,9 +416,9 @@ class ExportReport:
     shards: int  # shards of the export
     skipped: int  # shards already done by an earlier run
     images_written: int  # images computed by this run
-    seconds: float
+    seconds: float  # this run's work, start-up included
     out: Path
-    stats: dict = field(default_factory=dict)
+    startup_seconds: float = 0.0  # starting workers and loading the generator
 
 
 def prepare_out(out: Path, plan: ExportPlan, force: bool, remove: bool = True) -> bool:
@@ -483,15 +483,17 @@ def export(
     backend = backend or Backend()
     job = ExportJob(run, plan.method, plan.seed, backend.device)
     t0 = time.perf_counter()
-    written = 0
+    written, startup = 0, 0.0
     for _, result in run_tasks(job, todo, backend):
+        if not written:  # until the first shard's work began: processes, Ray, loading G
+            startup = time.perf_counter() - t0 - result.seconds
         write_shard(out, result, plan, run)
         written += len(result.images)
         if on_progress:
             on_progress(len(result.images))
     seconds = time.perf_counter() - t0
     _finish(out, run, plan, shards, command)
-    return ExportReport(plan, len(shards), len(shards) - len(todo), written, seconds, out)
+    return ExportReport(plan, len(shards), len(shards) - len(todo), written, seconds, out, max(startup, 0.0))
 
 
 def _finish(out: Path, run: Run, plan: ExportPlan, shards: list[Shard], command: str) -> None:
