@@ -2,6 +2,7 @@
 
     python bench/bench_scale.py export RUN_DIR [-n 2048]      # images/s: G(z), W=1, W=2, Ray x2
     python bench/bench_scale.py fit [--samples 10000 100000 1000000]   # seconds, peak RSS, latents/s
+    python bench/bench_scale.py agreement [-n 50000]            # ARI: PCA-reduced vs full k-means
 
 ``export`` measures, in one process and one after the other so the figures share the machine's
 load: plain G(z) (synthesis + uint8, no files) with this process's threads; PNG encoding alone;
@@ -115,6 +116,52 @@ def bench_fit(samples: list[int], clusters: int, epochs: int | None) -> None:
         print(f"{n:>9} {seconds:9.1f} {peak / 2**20:12.2f} {n / seconds:10.0f}{note}")
 
 
+def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
+    """Hubert and Arabie's ARI between two labellings (1: the same partition; ~0: chance)."""
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((ai.max() + 1, bi.max() + 1), np.int64)
+    np.add.at(table, (ai, bi), 1)
+
+    def pairs(x):
+        return (x * (x - 1) / 2).sum()
+
+    both, rows, cols, total = pairs(table), pairs(table.sum(1)), pairs(table.sum(0)), pairs(np.array(len(a)))
+    expected = rows * cols / total
+    return float((both - expected) / ((rows + cols) / 2 - expected))
+
+
+def bench_agreement(n: int, k: int, dims: list[int], subsample: int, layer: str) -> None:
+    """k-means on full features against k-means on PCA-reduced features of the same latents."""
+    from clusterguide.clustering import fit_kmeans
+    from clusterguide.features import extract_features
+    from clusterguide.generators.registry import load_generator
+    from clusterguide.reduction import fit_pca
+    from clusterguide.streaming import subsample_rows
+
+    G = load_generator("digiface-dcgan")
+    z = G.sample_latents(n, 0)
+    t = time.perf_counter()
+    full = extract_features(G, layer, z)
+    km = fit_kmeans(full, k, seed=0)
+    full_s = time.perf_counter() - t
+    print(f"{n} latents at {layer} ({full.shape[1]} features), k={k}: full-feature k-means {full_s:.1f}s")
+    ref = fit_kmeans(full, k, seed=1)  # another seed on the same features: the noise floor
+    print(
+        f"  full features, seed 0 vs seed 1:            ARI {adjusted_rand_index(km.labels, ref.labels):.3f}"
+    )
+    for dim in dims:
+        t = time.perf_counter()
+        red = fit_pca(full[subsample_rows(n, subsample, 0)], dim, seed=0)
+        reduced = red.apply_numpy(full)
+        rkm = fit_kmeans(reduced, k, seed=0)
+        seconds = time.perf_counter() - t
+        print(
+            f"  PCA {dim:4d} (fitted on {subsample}, keeps {red.explained:.1%} of the variance): "
+            f"ARI {adjusted_rand_index(km.labels, rkm.labels):.3f} vs full, {seconds:.1f}s"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -128,8 +175,16 @@ def main() -> None:
     f.add_argument("--samples", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     f.add_argument("--clusters", type=int, default=4)
     f.add_argument("--epochs", type=int, default=None)
+    a = sub.add_parser("agreement")
+    a.add_argument("-n", type=int, default=50_000)
+    a.add_argument("--clusters", type=int, default=4)
+    a.add_argument("--dims", type=int, nargs="+", default=[32, 64, 128, 256])
+    a.add_argument("--subsample", type=int, default=20_000)
+    a.add_argument("--layer", default="block1")
     args = parser.parse_args()
-    if args.what == "export":
+    if args.what == "agreement":
+        bench_agreement(args.n, args.clusters, args.dims, args.subsample, args.layer)
+    elif args.what == "export":
         bench_export(args.run_dir, args.n, args.shard_size)
     else:
         bench_fit(args.samples, args.clusters, args.epochs)
