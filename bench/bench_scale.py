@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import os
 import resource
 import shutil
@@ -108,27 +109,21 @@ def bench_fit(samples: list[int], clusters: int, epochs: int | None) -> None:
         proc = subprocess.run(args, capture_output=True, text=True)
         seconds = time.perf_counter() - t
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, max over children so far
-        shutil.rmtree(out.parent, ignore_errors=True)
         if proc.returncode:
             print(f"{n:>9} failed: {proc.stderr.strip().splitlines()[-1:]}")
+            shutil.rmtree(out.parent, ignore_errors=True)
             continue
+        stages = json.loads((out / "metrics.json").read_text())["timings"]["root"]
+        reduced = json.loads((out / "config.json").read_text())["tree"]["splits"][""].get("reduction")
+        shutil.rmtree(out.parent, ignore_errors=True)
         note = "" if peak > before else " (peak RSS: an earlier, larger child)"
-        print(f"{n:>9} {seconds:9.1f} {peak / 2**20:12.2f} {n / seconds:10.0f}{note}")
-
-
-def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
-    """Hubert and Arabie's ARI between two labellings (1: the same partition; ~0: chance)."""
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    table = np.zeros((ai.max() + 1, bi.max() + 1), np.int64)
-    np.add.at(table, (ai, bi), 1)
-
-    def pairs(x):
-        return (x * (x - 1) / 2).sum()
-
-    both, rows, cols, total = pairs(table), pairs(table.sum(1)), pairs(table.sum(0)), pairs(np.array(len(a)))
-    expected = rows * cols / total
-    return float((both - expected) / ((rows + cols) / 2 - expected))
+        print(
+            f"{n:>9} {seconds:9.1f} {peak / 2**20:12.2f} {n / seconds:10.0f}   "
+            f"features {stages['features_s']:.1f}s, k-means {stages['kmeans_s']:.1f}s, "
+            f"mappings {stages['mappings_s']:.1f}s; "
+            + (f"PCA {reduced['dim']} ({reduced['explained']:.0%})" if reduced else "full features")
+            + note
+        )
 
 
 def bench_agreement(n: int, k: int, dims: list[int], subsample: int, layer: str) -> None:
@@ -136,6 +131,7 @@ def bench_agreement(n: int, k: int, dims: list[int], subsample: int, layer: str)
     from clusterguide.clustering import fit_kmeans
     from clusterguide.features import extract_features
     from clusterguide.generators.registry import load_generator
+    from clusterguide.large_fit import adjusted_rand_index
     from clusterguide.reduction import fit_pca
     from clusterguide.streaming import subsample_rows
 

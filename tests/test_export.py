@@ -277,3 +277,27 @@ def test_manifest_schema(tiny_run, tmp_path, capsys):
     run = Run.load(run_dir)
     assert info["generator"]["info"]["weights_id"] == run.generator_info["weights_id"]
     assert info["images"] == 9 and "clusterguide export" in info["command"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_run, tmp_path, capsys):
+    run_dir, _ = tiny_run
+    out = tmp_path / "e"
+    args = [sys.executable, "-m", "clusterguide", "export", str(run_dir), "--out", str(out)]
+    args += ["-n", "3000", "--shard-size", "25", "--workers", "2"]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shards = out / "shards"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if shards.is_dir() and len([p for p in shards.iterdir() if not p.name.startswith(".")]) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Resume with: clusterguide export" in err and "Traceback" not in err
+    assert not (out / "dataset.json").exists()
+    assert not [p for p in shards.iterdir() if p.name.startswith(".")]  # no staging left behind
+    stdout, _ = export(capsys, run_dir, out, "-n", 3000, "--shard-size", 25)
+    assert "already done" in stdout and len(png_hashes(out)) == 3000

@@ -82,3 +82,27 @@ def test_subsample_rows_are_distinct_sorted_and_seeded():
     assert len(set(rows.tolist())) == 100 and np.all(np.diff(rows) > 0)
     assert np.array_equal(rows, subsample_rows(1000, 100, 5))
     assert np.array_equal(subsample_rows(10, 100, 5), np.arange(10))
+
+
+@pytest.mark.slow
+def test_stream_features_on_ray_are_the_same(tiny_generator):
+    import ray
+
+    G = tiny_generator
+    z = G.sample_latents(300, 6)
+    centroids = extract_features(G, "block1", z[:3])
+    here, labels = stream_features(G, "block1", z, batch_size=50, chunk=100, centroids=centroids)
+    there, ray_labels = stream_features(
+        G,
+        "block1",
+        z,
+        batch_size=50,
+        chunk=100,
+        centroids=centroids,
+        spec=GeneratorSpec("tiny-dcgan"),
+        backend=Backend(workers=2, ray="auto"),
+    )
+    np.testing.assert_array_equal(here, there)
+    np.testing.assert_array_equal(labels, ray_labels)
+    assert len(set(labels.tolist())) == 3
+    assert not ray.is_initialized()

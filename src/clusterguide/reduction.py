@@ -82,7 +82,8 @@ def fit_pca(features: np.ndarray, dim: int, seed: int = 0) -> Reduction:
         torch.manual_seed(seed)
         # Oversampling and power iterations make the randomized top axes match exact PCA closely.
         _, s, v = torch.svd_lowrank(centred, q=min(dim + 16, n, f), niter=4)
-    total = float((centred.double() ** 2).sum())
+    # Total variance a chunk at a time: a float64 copy of the sample would double peak memory.
+    total = sum(float(c.pow(2).sum(dtype=torch.float64)) for c in centred.split(1024))
     kept = float((s[:dim].double() ** 2).sum())
     comps = v[:, :dim].contiguous()
     # A sign convention, so that the axes do not depend on the SVD's arbitrary signs.

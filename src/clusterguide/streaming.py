@@ -24,6 +24,8 @@ from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.progress import bar
 from clusterguide.reduction import Reduction
 
+CHUNK_BYTES = 64 * 2**20  # full features per chunk at most (reduced chunks are far smaller)
+
 
 @dataclass
 class FeatureJob:
@@ -88,8 +90,11 @@ def stream_features(
     backend = backend or Backend()
     G.check_layer(layer)
     n = latents.shape[0]
-    chunk = max(batch_size, (chunk // batch_size) * batch_size)
     dim = reduction.dim if reduction is not None else feature_dim(G, layer, pool)
+    # A chunk's full features exist twice on a worker (batches, then joined): keep them small.
+    row_bytes = 4 * (reduction.in_dim if reduction is not None else dim)
+    chunk = min(chunk, max(1, CHUNK_BYTES // row_bytes)) if reduction is None else chunk
+    chunk = max(batch_size, (chunk // batch_size) * batch_size)
     out = np.empty((n, dim), np.float32) if features else None
     labels = np.empty(n, np.int64) if centroids is not None else None
     job = FeatureJob(
