@@ -24,8 +24,9 @@ def cli() -> None:
 
 
 # Every command, by area: the main job, trees and names, evaluation, the gallery, converters.
-for command in (layers, fit, sample, grid, info, refine, name, choose_k, evaluate, report, serve, convert, export):
+for command in (layers, fit, sample, grid, info, refine, name, choose_k, evaluate, report, serve, convert):
     cli.add_command(command)
+cli.add_command(export)  # labelled datasets at scale
 
 
 def main(argv: list[str] | None = None) -> int:
