@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (override with make PYTHON=python3)"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,faces,lint]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,faces,lint,ray]'
 	# The default generator's weights: only gan_face_generate/weights.tar is read, so skip its
 	# declared dependencies (wandb, torchvision).
 	$(PY) -m pip install --quiet --no-deps gan-face-generate

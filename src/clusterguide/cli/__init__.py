@@ -12,6 +12,7 @@ from clusterguide.cli.baselines import train_baseline
 from clusterguide.cli.convert import convert
 from clusterguide.cli.core import fit, grid, info, layers, sample
 from clusterguide.cli.evaluate import evaluate, report
+from clusterguide.cli.export import export
 from clusterguide.cli.render import render
 from clusterguide.cli.serve import serve
 from clusterguide.cli.tree import choose_k, name, refine
@@ -29,6 +30,7 @@ for command in (layers, fit, sample, grid, info, refine, name, choose_k, evaluat
     cli.add_command(command)
 cli.add_command(render)  # latents from a file -> images
 cli.add_command(train_baseline)  # the trained baselines of the evaluation (clusterguide.baselines)
+cli.add_command(export)  # labelled datasets at scale
 
 
 def main(argv: list[str] | None = None) -> int:
