@@ -44,6 +44,10 @@ class MappingConfig:
         0.8  # fast: share of the cluster's latents that stay in it when the complement is redrawn
     )
     candidates: int = 32  # fast: conditional-IMLE candidates drawn per latent at each refresh
+    fidelity_target: float = (
+        0.0  # with a guide: train past `epochs` while a cluster's fresh samples land inside less often
+    )
+    max_epochs: int = 0  # ... up to this many epochs in all (0: never past `epochs`)
     min_steps: int = 10  # fast/residual: optimiser steps per epoch at least (small clusters, refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0
