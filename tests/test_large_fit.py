@@ -163,7 +163,12 @@ def test_small_fits_keep_the_full_feature_path(tiny_run, tiny_generator):
     cfg = run.fit
     feats = extract_features(tiny_generator, cfg.layer, sample_prior(tiny_generator, cfg.samples, cfg.seed))
     km = fit_kmeans(
-        feats, cfg.clusters, seed=cfg.seed, niter=cfg.kmeans_iters, nredo=cfg.kmeans_restarts, init=cfg.kmeans_init
+        feats,
+        cfg.clusters,
+        seed=cfg.seed,
+        niter=cfg.kmeans_iters,
+        nredo=cfg.kmeans_restarts,
+        init=cfg.kmeans_init,
     )
     split = run.tree.splits[""]
     assert split.reduction is None
