@@ -297,6 +297,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_run, tmp_path, capsys)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Resume with: clusterguide export" in err and "Traceback" not in err
+    assert "Resume with: clusterguide export" in err.strip().splitlines()[-1]  # nothing after the hint
     assert not (out / "dataset.json").exists()
     assert not [p for p in shards.iterdir() if p.name.startswith(".")]  # no staging left behind
     stdout, _ = export(capsys, run_dir, out, "-n", 3000, "--shard-size", 25)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clusterguide.features import representation
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.mapping import draw_inputs
 from clusterguide.metrics import distribution_scores, norm_ratio
+from clusterguide.reduction import split_features
 from clusterguide.run import Run
 from clusterguide.seeding import derive_seed
 from clusterguide.tree import ROOT, ClusterTree
@@ -113,7 +113,8 @@ def measure_clusters(
             if reference.shape[0] > 5:
 
                 def feats(z: torch.Tensor) -> np.ndarray:
-                    return representation(G, z.to(G.device), split.layer, split.pool).cpu().numpy()
+                    # the space the split clustered in: reduced features where it has a reduction
+                    return split_features(G, z.to(G.device), split).cpu().numpy()
 
                 # as many mapped samples as exact ones: k-NN balls depend on the set size
                 row.update(

@@ -11,19 +11,20 @@ the mappings are steered by live in :mod:`clusterguide.guides`, the metrics writ
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
 import torch
 
 from clusterguide import __version__
-from clusterguide.clustering import fit_kmeans
 from clusterguide.errors import UserError
-from clusterguide.features import check_pool, extract_features
+from clusterguide.features import check_pool
 from clusterguide.fit_metrics import measure_clusters, summarize
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import GeneratorSpec, load_generator
 from clusterguide.guides import make_path_guide
+from clusterguide.large_fit import ScaleOptions, cluster_latents, mapping_latents
 from clusterguide.mapping import MappingConfig, fit_mappings
 from clusterguide.run import FitConfig, Run
 from clusterguide.tree import ROOT, ClusterTree, Split, child_path
@@ -44,6 +45,7 @@ def split_cluster(
     k: int,
     seed: int,
     log: Log = print,
+    scale: ScaleOptions | None = None,
 ) -> dict:
     """Cluster ``latents`` (all inside ``parent``) at ``layer`` into k children of ``parent``, learn a
     mapping for every child large enough, and record everything in ``run``. Returns timings."""
@@ -53,20 +55,24 @@ def split_cluster(
         raise UserError(f"--clusters must be at least 2 (got {k})")
     if k > latents.shape[0]:
         raise UserError(f"--clusters {k} is larger than the number of samples {latents.shape[0]}")
-    t0 = time.perf_counter()
-    feats = extract_features(G, layer, latents, pool=cfg.pool, batch_size=cfg.batch_size)
-    t1 = time.perf_counter()
-    km = fit_kmeans(
-        feats,
+    # Full features while they fit in memory, else streamed and PCA-reduced (large_fit.py).
+    clustered = cluster_latents(
+        G,
+        latents,
+        layer,
         k,
-        seed=seed,
-        niter=cfg.kmeans_iters,
-        nredo=cfg.kmeans_restarts,
-        gpu=G.device.type == "cuda",
-        init=cfg.kmeans_init,
+        seed,
+        pool=cfg.pool,
+        batch_size=cfg.batch_size,
+        kmeans_iters=cfg.kmeans_iters,
+        kmeans_restarts=cfg.kmeans_restarts,
+        kmeans_init=cfg.kmeans_init,
+        options=scale,
     )
-    t2 = time.perf_counter()
-    split = Split(layer, km.centroids, cfg.pool, latents.shape[0], seed)
+    km, reduction = clustered.kmeans, clustered.reduction
+    features_s, kmeans_s = clustered.features_s, clustered.kmeans_s
+    del clustered  # its features (N rows) are not needed below: free them before the mappings
+    split = Split(layer, km.centroids, cfg.pool, latents.shape[0], seed, reduction=reduction)
     run.tree.splits[parent] = split
     parent_share = run.tree.stats.get(parent, {}).get("share", 1.0) if parent else 1.0
     children, train = [], []
@@ -85,9 +91,10 @@ def split_cluster(
             train.append(i)
     if train:
         # Sibling clusters are learned together; the guide's targets are indices into `train`.
-        sub = Split(layer, km.centroids[train], cfg.pool)
+        sub = Split(layer, km.centroids[train], cfg.pool, reduction=reduction)
         result = fit_mappings(
-            [latents[torch.from_numpy(km.labels == i)] for i in train],
+            # very large clusters learn from a seeded subsample (large_fit.MAPPING_SAMPLES)
+            [mapping_latents(latents, km.labels, i, seed) for i in train],
             run.mapping,
             guide=make_path_guide(G, run.tree, parent, sub),
             device=G.device,
@@ -101,7 +108,12 @@ def split_cluster(
         mapping_seconds, epochs = result.seconds, result.epochs
     else:
         mapping_seconds, epochs = 0.0, 0
-    timings = {"features_s": t1 - t0, "kmeans_s": t2 - t1, "mappings_s": mapping_seconds, "epochs": epochs}
+    timings = {
+        "features_s": features_s,
+        "kmeans_s": kmeans_s,
+        "mappings_s": mapping_seconds,
+        "epochs": epochs,
+    }
     rows = measure_clusters(G, run, children, latents, km.labels)
     by_id = {r["id"]: r for r in run.metrics.get("clusters", [])}
     by_id.update({r["id"]: r for r in rows})
@@ -118,8 +130,12 @@ def fit_run(
     device: str = "cpu",
     log: Log = print,
     generator: GeneratorAdapter | None = None,
+    scale: ScaleOptions | None = None,
 ) -> tuple[Run, GeneratorAdapter]:
-    """Algorithm 1 for a fresh run; nothing is written (call ``run.save``)."""
+    """Algorithm 1 for a fresh run; nothing is written (call ``run.save``).
+
+    ``scale`` says how the feature step runs at large N (PCA axes, workers or Ray); by default
+    features are full while they fit in memory and reduced beyond (:mod:`large_fit`)."""
     G = generator or load_generator(spec, device=device)
     G = G.conditioned(fit_cfg.class_label)
     G.check_layer(fit_cfg.layer)
@@ -139,7 +155,9 @@ def fit_run(
         tree=ClusterTree(),
     )
     latents = sample_prior(G, fit_cfg.samples, fit_cfg.seed)
-    split_cluster(G, run, ROOT, latents, fit_cfg.layer, fit_cfg.clusters, fit_cfg.seed, log)
+    if scale is not None and scale.spec is None:
+        scale = dataclasses.replace(scale, spec=spec)  # workers load the generator from it
+    split_cluster(G, run, ROOT, latents, fit_cfg.layer, fit_cfg.clusters, fit_cfg.seed, log, scale)
     seconds = time.perf_counter() - start
     run.metrics["fit_seconds"] = seconds
     run.metrics["mapping_recipe"] = map_cfg.recipe

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from clusterguide.features import representation
 from clusterguide.generators.base import GeneratorAdapter
+from clusterguide.reduction import split_features
 from clusterguide.tree import ClusterTree, Split, parent_of
 
 
@@ -21,7 +21,7 @@ def make_guide(G: GeneratorAdapter, split: Split):
     c_sq = (c * c).sum(1)
 
     def guide(z: torch.Tensor) -> torch.Tensor:
-        f = representation(G, z.to(G.device), split.layer, split.pool)
+        f = split_features(G, z.to(G.device), split)
         d = (f * f).sum(1, keepdim=True) - 2 * f @ c.T + c_sq
         return -d / scale
 

@@ -22,7 +22,7 @@ import torch
 from clusterguide.clustering import KMeansResult, fit_kmeans
 from clusterguide.errors import UserError
 from clusterguide.executor import Backend
-from clusterguide.features import feature_dim
+from clusterguide.features import extract_features, feature_dim
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.reduction import Reduction, fit_pca
@@ -73,30 +73,46 @@ def cluster_latents(
     pool: int | None = None,
     batch_size: int = 512,
     kmeans_iters: int = 25,
+    kmeans_restarts: int = 1,
+    kmeans_init: str = "k-means++",
     options: ScaleOptions | None = None,
 ) -> Clustered:
     """Features of ``latents`` at ``layer`` (reduced at large N) and k-means on them."""
     options = options or ScaleOptions()
+    backend = options.backend or Backend()
     t0 = time.perf_counter()
     n = latents.shape[0]
     dims = reduction_dims(n, feature_dim(G, layer, pool), options.reduce)
-    common: dict[str, Any] = {
-        "pool": pool,
-        "batch_size": batch_size,
-        "backend": options.backend,
-        "spec": options.spec,
-    }
     reduction = None
-    if dims is not None:
-        rows = torch.from_numpy(subsample_rows(n, PCA_SAMPLES, derive_seed(seed, "pca")))
-        sample, _ = stream_features(G, layer, latents[rows], desc=f"PCA sample @ {layer}", **common)
-        assert sample is not None
-        reduction = fit_pca(sample, dims, seed=seed)
-        del sample
-    feats, _ = stream_features(G, layer, latents, reduction=reduction, **common)
-    assert feats is not None
+    if dims is None and backend.workers == 1 and not backend.ray:
+        # Small fits in this process: exactly what fit always did.
+        feats = extract_features(G, layer, latents, pool=pool, batch_size=batch_size)
+    else:
+        common: dict[str, Any] = {
+            "pool": pool,
+            "batch_size": batch_size,
+            "backend": backend,
+            "spec": options.spec,
+        }
+        if dims is not None:
+            rows = torch.from_numpy(subsample_rows(n, PCA_SAMPLES, derive_seed(seed, "pca")))
+            sample, _ = stream_features(G, layer, latents[rows], desc=f"PCA sample @ {layer}", **common)
+            assert sample is not None
+            reduction = fit_pca(sample, dims, seed=seed)
+            del sample
+        streamed, _ = stream_features(G, layer, latents, reduction=reduction, **common)
+        assert streamed is not None
+        feats = streamed
     t1 = time.perf_counter()
-    km = fit_kmeans(feats, k, seed=seed, niter=kmeans_iters, gpu=G.device.type == "cuda")
+    km = fit_kmeans(
+        feats,
+        k,
+        seed=seed,
+        niter=kmeans_iters,
+        nredo=kmeans_restarts,
+        gpu=G.device.type == "cuda",
+        init=kmeans_init,
+    )
     return Clustered(feats, km, reduction, t1 - t0, time.perf_counter() - t1)
 
 

@@ -11,11 +11,17 @@ features, as every run made before reductions existed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from clusterguide.errors import UserError
+from clusterguide.features import representation
+
+if TYPE_CHECKING:
+    from clusterguide.generators.base import GeneratorAdapter
+    from clusterguide.tree import Split
 
 
 @dataclass
@@ -89,14 +95,11 @@ def fit_pca(features: np.ndarray, dim: int, seed: int = 0) -> Reduction:
     # A sign convention, so that the axes do not depend on the SVD's arbitrary signs.
     signs = torch.sign(comps[comps.abs().argmax(0), torch.arange(dim)])
     comps = comps * torch.where(signs == 0, torch.ones_like(signs), signs)
-    return Reduction(mean.numpy(), comps.numpy(), kept / total if total > 0 else 1.0, n)
+    return Reduction(mean.numpy(), comps.numpy(), min(kept / total, 1.0) if total > 0 else 1.0, n)
 
 
-def split_features(G, z: torch.Tensor, split) -> torch.Tensor:
+def split_features(G: GeneratorAdapter, z: torch.Tensor, split: Split) -> torch.Tensor:
     """The features a split clusters on: the representation at its layer, reduced if it has a
     reduction (differentiable)."""
-    from clusterguide.features import representation
-
     feats = representation(G, z, split.layer, split.pool)
-    reduction = getattr(split, "reduction", None)
-    return reduction.apply(feats) if reduction is not None else feats
+    return split.reduction.apply(feats) if split.reduction is not None else feats

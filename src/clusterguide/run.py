@@ -25,6 +25,7 @@ from clusterguide import artifacts, checks, run_schema
 from clusterguide.errors import NameTakenError, UserError
 from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.mapping import MappingConfig, MappingNetwork
+from clusterguide.reduction import Reduction
 from clusterguide.tree import ClusterTree, Split, path_key
 
 
@@ -125,8 +126,17 @@ class Run:
             cluster_sha = artifacts.save_tensors(
                 stage / artifacts.CLUSTERS,
                 {
-                    f"split:{p}": torch.from_numpy(np.ascontiguousarray(s.centroids))
-                    for p, s in self.tree.splits.items()
+                    **{
+                        f"split:{p}": torch.from_numpy(np.ascontiguousarray(s.centroids))
+                        for p, s in self.tree.splits.items()
+                    },
+                    # a large fit's PCA, beside the centroids that live in its space
+                    **{
+                        key: tensor
+                        for p, s in self.tree.splits.items()
+                        if s.reduction is not None
+                        for key, tensor in s.reduction.tensors(f"reduce:{p}").items()
+                    },
                 },
             )
             mapping_tensors = {
@@ -208,8 +218,21 @@ class Run:
                 raise UserError(
                     f"{run_dir}: split {p!r} has centroids of shape {got}, config.json says {meta['k']} rows"
                 )
+            reduction = None
+            if "reduction" in meta:  # runs without one cluster on the full features
+                reduction = Reduction.from_tensors(centroids, f"reduce:{p}", meta["reduction"])
+                if c.shape[1] != reduction.dim:
+                    raise UserError(
+                        f"{run_dir}: split {p!r} has centroids of {c.shape[1]} dimensions, "
+                        f"its reduction {reduction.dim}"
+                    )
             splits[p] = Split(
-                meta["layer"], c.numpy(), meta.get("pool"), meta.get("samples", 0), meta.get("seed", 0)
+                meta["layer"],
+                c.numpy(),
+                meta.get("pool"),
+                meta.get("samples", 0),
+                meta.get("seed", 0),
+                reduction,
             )
         tree = ClusterTree(splits, config["tree"].get("stats", {}))
         mappings = {}

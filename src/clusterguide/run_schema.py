@@ -132,6 +132,11 @@ def check_config(config: Any) -> None:
             checks.whole(meta["pool"], f"{where}.pool", 1, None)
         checks.whole(meta.get("samples", 0), f"{where}.samples", 0, MAX_COUNT)
         checks.whole(meta.get("seed", 0), f"{where}.seed", 0, MAX_SEED64)
+        if "reduction" in meta:  # a large fit's PCA (reduction.py); older runs have none
+            reduction = checks.obj(meta["reduction"], f"{where}.reduction")
+            checks.whole(reduction.get("dim"), f"{where}.reduction.dim", 1, MAX_DIM)
+            checks.real(reduction.get("explained", 0.0), f"{where}.reduction.explained", 0.0, 1.0)
+            checks.whole(reduction.get("samples", 0), f"{where}.reduction.samples", 0, MAX_COUNT)
         if path:
             parent, _, index = path.rpartition("/")
             if parent not in splits or int(index) >= splits[parent].get("k", 0):

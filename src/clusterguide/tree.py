@@ -15,8 +15,8 @@ import torch
 
 from clusterguide.clustering import assign
 from clusterguide.errors import UserError
-from clusterguide.features import representation
 from clusterguide.generators.base import GeneratorAdapter
+from clusterguide.reduction import Reduction, split_features
 
 ROOT = ""
 
@@ -30,6 +30,7 @@ class Split:
     pool: int | None = None  # spatial pooling applied before flattening (see features.py)
     samples: int = 0  # latents the k-means saw
     seed: int = 0
+    reduction: Reduction | None = None  # PCA the centroids live in (large fits); None: full features
 
     @property
     def k(self) -> int:
@@ -42,6 +43,8 @@ class Split:
             "pool": self.pool,
             "samples": self.samples,
             "seed": self.seed,
+            # only reduced splits say so: a full-feature split's config stays as it always was
+            **({"reduction": self.reduction.meta()} if self.reduction is not None else {}),
         }
 
 
@@ -93,7 +96,7 @@ class ClusterTree:
     def assign_at(self, G: GeneratorAdapter, z: torch.Tensor, parent: str) -> np.ndarray:
         """Child index under ``parent`` for every latent (ignores whether z is in ``parent``)."""
         split = self.splits[parent]
-        feats = representation(G, z.to(G.device), split.layer, split.pool)
+        feats = split_features(G, z.to(G.device), split)
         return assign(feats.cpu().numpy(), split.centroids)
 
     @torch.no_grad()

@@ -28,6 +28,8 @@ MAX_BATCH = 65_536
 MAX_CLASS = 1_000_000
 MAX_POOL = 4096
 MAX_DRAWS = 10_000_000_000
+MAX_WORKERS = 1024  # local processes or Ray actors
+MAX_REDUCE = 65_536  # PCA axes of a large fit's features
 
 
 class Whole(click.ParamType):
@@ -59,6 +61,8 @@ EPOCHS = Whole(1, MAX_EPOCHS)
 CLUSTERS = Whole(2, MAX_CLUSTERS)
 SAMPLES = Whole(2, MAX_SAMPLES)
 IMAGES = Whole(1, MAX_IMAGES)
+WORKERS = Whole(1, MAX_WORKERS)
+REDUCE = Whole(0, MAX_REDUCE)
 
 
 class FiniteFloat(click.ParamType):

@@ -15,8 +15,10 @@ from clusterguide.cli.common import (
     EPOCHS,
     IMAGES,
     POOL,
+    REDUCE,
     SAMPLES,
     SEED,
+    WORKERS,
     Whole,
     family_options,
     generator_options,
@@ -65,6 +67,16 @@ def layers(generator, checkpoint, latent_space, truncation, device):
 )
 @click.option("--pool", type=POOL, default=None, help="Average-pool feature maps to PxP before k-means.")
 @click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option(
+    "--reduce",
+    type=REDUCE,
+    default=None,
+    help="PCA axes k-means runs on (0: full features; default: full while they fit in 2 GiB, else 128).",
+)
+@click.option(
+    "--workers", type=WORKERS, default=1, show_default=True, help="Processes (or Ray actors) for features."
+)
+@click.option("--ray", "ray_address", default=None, help="Features on Ray: 'auto' or a cluster address.")
 @click.option("--out", required=True, type=click.Path(), help="Run folder to create.")
 @click.option("--force", is_flag=True, help="Replace an existing run folder (never a folder of other files).")
 @quiet_option
@@ -82,12 +94,17 @@ def fit(
     class_label,
     pool,
     device,
+    reduce,
+    workers,
+    ray_address,
     out,
     force,
 ):
     """Cluster a generator's representations and learn a mapping per cluster."""
     from clusterguide.artifacts import FORMAT, check_folder_target
+    from clusterguide.executor import Backend, check_backend
     from clusterguide.fitting import fit_run
+    from clusterguide.large_fit import ScaleOptions
     from clusterguide.mapping import MappingConfig
     from clusterguide.run import FitConfig
 
@@ -97,12 +114,16 @@ def fit(
     check_folder_target(out_dir, overwrite=True, kind=FORMAT)  # before minutes of work, not after
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs must be at least 1 (got {epochs})")
+    check_backend(workers, ray_address)  # an unreachable --ray fails here, not after the sampling
     spec = GeneratorSpec(generator, checkpoint, family_options(latent_space, truncation))
+    scale = ScaleOptions(reduce, Backend(workers=workers, ray=ray_address, device=device), spec)
     fit_cfg = FitConfig(
         layer=layer, clusters=k, samples=samples, seed=seed, class_label=class_label, pool=pool
     )
     map_cfg = MappingConfig.preset(recipe, epochs=epochs, seed=seed)
-    run, _ = fit_run(spec, fit_cfg, map_cfg, device=device, log=lambda m: click.echo(m, err=True))
+    run, _ = fit_run(
+        spec, fit_cfg, map_cfg, device=device, log=lambda m: click.echo(m, err=True), scale=scale
+    )
     run.save(out_dir, overwrite=force)
     click.echo(metrics_table(run.metrics))
     summary = run.metrics.get("summary", {})

@@ -87,7 +87,8 @@ def export(
             )
     except KeyboardInterrupt:
         click.echo(f"interrupted; finished shards are kept. Resume with: {command}", err=True)
-        raise
+        # exit 130 with the hint as the last line (a bare re-raise would add click's "aborted")
+        raise click.exceptions.Exit(130) from None
     rate = report.images_written / report.seconds if report.seconds > 0 else float("nan")
     done = f", {report.skipped} already done" if report.skipped else ""
     click.echo(
