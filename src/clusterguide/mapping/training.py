@@ -230,12 +230,14 @@ def _fit_batched(
     matched: list[torch.Tensor] = []
     targets: list[torch.Tensor] = data
     losses = [float("nan")] * k
-    # With a fidelity target, training goes on past ``epochs`` (up to ``max_epochs``) while some
-    # cluster's fresh samples still land inside it less often than the target: later layers and
-    # larger k need more steps than the demo job, and a fixed count tuned on one would waste time
-    # on the other. The share is the one the hinge sees anyway, on the samples drawn for it.
+    # With a fidelity target, training goes on past ``epochs`` (up to ``max_epoch_factor`` times as
+    # many) while some cluster's fresh samples still land inside it less often than the target:
+    # later layers and larger k need more steps than the demo job, and a fixed count tuned on one
+    # would waste time on the other. The share is the one the hinge sees anyway, on its samples.
     extend = use_guide and config.fidelity_target > 0
-    most_epochs = max(config.epochs, config.max_epochs) if extend else config.epochs
+    most_epochs = (
+        max(config.epochs, math.ceil(config.epochs * config.max_epoch_factor)) if extend else config.epochs
+    )
     epoch = 0
     with bar(most_epochs, desc=desc, unit="epoch") as b:
         while epoch < most_epochs:
