@@ -87,7 +87,11 @@ def run_cell(
         fit_cfg = FitConfig(layer=cell["layer"], clusters=cell["k"], samples=samples, seed=seed)
         run, _ = fit_run(spec, fit_cfg, mapping, generator=G, log=quiet)
         rows = run.metrics["clusters"]
-        extra = {"fit_seconds": run.metrics["fit_seconds"], "timings": run.metrics["timings"]}
+        extra = {
+            "fit_seconds": run.metrics["fit_seconds"],
+            "timings": run.metrics["timings"],
+            "reduced": run.tree.splits[""].reduction is not None,  # PCA path (large_fit.py)
+        }
     else:  # a block1 k=4 fit, its largest cluster refined at the cell's layer
         fit_cfg = FitConfig(layer="block1", clusters=4, samples=samples, seed=seed)
         run, _ = fit_run(spec, fit_cfg, mapping, generator=G, log=quiet)
@@ -99,7 +103,12 @@ def run_cell(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         rows = [r for r in out.run.metrics["clusters"] if r["id"] in out.children]
-        extra = {"refined": largest, "refine_seconds": out.seconds, "acceptance": out.acceptance_rate}
+        extra = {
+            "refined": largest,
+            "refine_seconds": out.seconds,
+            "acceptance": out.acceptance_rate,
+            "timings": out.run.metrics["timings"],
+        }
     verdict = judge(rows, min_size)
     return {
         **cell,

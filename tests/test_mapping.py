@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clusterguide.clustering import fit_kmeans
 from clusterguide.errors import UserError
@@ -24,6 +25,7 @@ from clusterguide.mapping import (
     fit_mappings,
     make_network,
     moment_basis,
+    standard_normal,
 )
 from clusterguide.metrics import norm_ratio, precision_recall, project
 from clusterguide.seeding import randn_streams
@@ -261,3 +263,50 @@ def test_adapters_say_whether_their_prior_is_standard_normal(tiny_generator):
     assert z_space.prior_is_standard_normal and not w_space.prior_is_standard_normal
     draws = tiny_generator.prior()(4, torch.Generator().manual_seed(0))
     assert draws.shape == (4, tiny_generator.latent_dim)
+
+
+def test_hinge_on_strays_only_has_the_full_hinges_loss_and_gradient(tiny_clusters):
+    """The hinge runs the guide with autograd only on samples outside their cluster: the loss and
+    every parameter's gradient must equal the hinge computed on all samples."""
+    from clusterguide.mapping.training import _consistency
+
+    G, _, _, split = tiny_clusters
+    guide = make_guide(G, split)
+    cfg = MappingConfig(guide_batch=48)
+    model = BatchedMapping(3, 16, 32, 16, True, torch.Generator().manual_seed(0)).eval()
+    with torch.no_grad():  # a mapping that moves samples, so some land outside and some inside
+        model.w3.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    norms = torch.ones(3)
+    hinge, inside = _consistency(
+        model, guide, 3, cfg, standard_normal(16), torch.Generator().manual_seed(1), "cpu", norms
+    )
+    model.zero_grad()
+    hinge.backward()
+    fast_grads = [p.grad.clone() for p in model.parameters()]
+
+    e = standard_normal(16)(3 * 48, torch.Generator().manual_seed(1)).reshape(3, 48, -1)
+    logits = guide(model(e).reshape(3 * 48, -1))
+    target = torch.arange(3).repeat_interleave(48)
+    own = logits.gather(1, target[:, None])[:, 0]
+    others = logits.scatter(1, target[:, None], float("-inf")).max(1).values
+    full = F.relu(others - own).mean()
+    model.zero_grad()
+    full.backward()
+    assert 0 < float(inside.min()) and float(inside.max()) < 1, inside  # strays and insiders both
+    assert torch.allclose(inside, (own <= others).logical_not().reshape(3, 48).float().mean(1))
+    assert torch.allclose(hinge, full, atol=1e-6)
+    for fast, p in zip(fast_grads, model.parameters()):
+        assert torch.allclose(fast, p.grad, atol=1e-5)
+
+
+def test_a_fidelity_target_extends_training_only_while_it_is_missed(tiny_clusters):
+    G, z, km, split = tiny_clusters
+    latents = [z[torch.from_numpy(km.labels == c)] for c in range(3)]
+    base = dict(epochs=2, width=32, batch_size=64, max_epoch_factor=3.0)
+    guide = make_guide(G, split)
+    unreachable = fit_mappings(latents, MappingConfig(fidelity_target=1.01, **base), guide=guide)
+    assert unreachable.epochs == 6  # never met: runs to 3 x epochs
+    met = fit_mappings(latents, MappingConfig(fidelity_target=0.01, **base), guide=guide)
+    assert met.epochs == 2  # met at once: stops at epochs
+    off = fit_mappings(latents, MappingConfig(fidelity_target=0.0, **base), guide=guide)
+    assert off.epochs == 2  # no target: exactly epochs

@@ -105,13 +105,14 @@ def split_cluster(
         )
         for i, net in zip(train, result.networks):
             run.mappings[child_path(parent, i)] = net
-        mapping_seconds = result.seconds
+        mapping_seconds, epochs = result.seconds, result.epochs
     else:
-        mapping_seconds = 0.0
+        mapping_seconds, epochs = 0.0, 0
     timings = {
         "features_s": features_s,
         "kmeans_s": kmeans_s,
         "mappings_s": mapping_seconds,
+        "epochs": epochs,
     }
     rows = measure_clusters(G, run, children, latents, km.labels)
     by_id = {r["id"]: r for r in run.metrics.get("clusters", [])}

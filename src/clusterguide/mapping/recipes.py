@@ -19,6 +19,9 @@ def check_recipe(recipe: str) -> str:
 # Fields older run folders may hold that no recipe used, with the only value any run gave them;
 # a saved config with another value asked for something this version no longer does.
 DROPPED_FIELDS = {"aux_dim": None, "margin": 0.0, "imle_weight": 1.0, "match_quantile": 1.0}
+# Fields added later, with the value that reproduces what older run folders were trained with
+# (a refinement of an old run trains its children the way the run was trained).
+ADDED_FIELDS = {"fidelity_target": 0.0, "max_epoch_factor": 1.0}
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,11 @@ class MappingConfig:
         0.8  # fast: share of the cluster's latents that stay in it when the complement is redrawn
     )
     candidates: int = 32  # fast: conditional-IMLE candidates drawn per latent at each refresh
+    # fast: train past `epochs` while some cluster's fresh samples land inside it less often than
+    # this (the hinge's own samples over the last epoch), up to `max_epoch_factor` x `epochs`;
+    # 0 = exactly `epochs`
+    fidelity_target: float = 0.97
+    max_epoch_factor: float = 2.0
     min_steps: int = 10  # fast/residual: optimiser steps per epoch at least (small clusters, refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0
@@ -65,6 +73,8 @@ class MappingConfig:
                 max_active_dims=1,
                 keep_target=0.9,
                 min_steps=0,
+                fidelity_target=0.0,
+                max_epoch_factor=1.0,
             ),
             "fast": MappingConfig(),
             "residual": MappingConfig(
@@ -74,6 +84,8 @@ class MappingConfig:
                 max_active_dims=1,
                 keep_target=0.9,
                 min_steps=0,
+                fidelity_target=0.0,
+                max_epoch_factor=1.0,
             ),
         }
         return replace(presets[check_recipe(recipe)], **{k: v for k, v in overrides.items() if v is not None})
@@ -89,4 +101,6 @@ class MappingConfig:
             saved = data.pop(name, value)
             if saved != value:
                 raise UserError(f"mapping setting {name}={saved!r} is no longer supported")
+        for name, value in ADDED_FIELDS.items():
+            data.setdefault(name, value)
         return cls(**data)

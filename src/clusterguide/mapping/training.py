@@ -26,6 +26,7 @@ class MappingResult:
     networks: list[MappingNetwork]  # one per cluster, in the order given, eval mode, on CPU
     seconds: float
     final_loss: list[float]  # per cluster, mean MSE of the last epoch
+    epochs: int = 0  # epochs trained (more than config.epochs when a fidelity target extended them)
 
 
 def fit_mappings(
@@ -58,6 +59,7 @@ def fit_mappings(
         if z.shape[0] < 2:
             raise UserError(f"cluster {i} has {z.shape[0]} latents; a mapping needs at least 2")
     start = time.perf_counter()
+    epochs = config.epochs
     if check_recipe(config.recipe) == "paper":
         nets, losses = [], []
         for i, z in enumerate(latents):
@@ -67,8 +69,8 @@ def fit_mappings(
             nets.append(net)
             losses.append(loss)
     else:
-        nets, losses = _fit_batched(latents, config, guide, device, desc, init=init, prior=prior)
-    return MappingResult([n.cpu().eval() for n in nets], time.perf_counter() - start, losses)
+        nets, losses, epochs = _fit_batched(latents, config, guide, device, desc, init=init, prior=prior)
+    return MappingResult([n.cpu().eval() for n in nets], time.perf_counter() - start, losses, epochs)
 
 
 def _fit_paper(
@@ -123,9 +125,16 @@ def _consistency(
     g,
     device,
     norms: torch.Tensor,
-) -> torch.Tensor:
-    """Hinge on fresh mapped samples: zero for samples already inside their own cluster, so it pulls stray samples in without squeezing the ones inside (a cross-entropy
-    would keep pushing every sample toward the centroid and collapse the mapping).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hinge on fresh mapped samples, and each cluster's share of them already inside.
+
+    The hinge is zero for samples already inside their own cluster, so it pulls stray samples in
+    without squeezing the ones inside (a cross-entropy would keep pushing every sample toward the
+    centroid and collapse the mapping). Those samples add nothing to the gradient either, so the
+    guide (the generator up to the clustering layer, the expensive part at later layers) runs on
+    all samples without autograd and again, with it, only on the strays: the same loss and
+    gradient for a fraction of the backward pass. The guide is a per-sample function (the
+    generator is in eval mode with constant noise), so the two passes agree.
 
     At later layers the cheapest way "inside" can be outward, to latents far larger than any the
     prior draws (and off the image manifold); the one-sided ``inflation`` term stops mean norms
@@ -135,11 +144,23 @@ def _consistency(
     e_free = draw(k * m, g).reshape(k, m, -1).to(device)
     mapped = model(e_free)
     inflation = F.relu(mapped.norm(dim=2).mean(1) / norms - 1).pow(2).sum() / k
-    logits = guide(mapped.reshape(k * m, -1))
-    target = torch.arange(k, device=logits.device).repeat_interleave(m)
-    own = logits.gather(1, target[:, None])[:, 0]
-    others = logits.scatter(1, target[:, None], float("-inf")).max(1).values
-    return F.relu(others - own).mean() + config.inflation * inflation
+    flat = mapped.reshape(k * m, -1)
+    target = torch.arange(k, device=flat.device).repeat_interleave(m)
+
+    def margin(logits: torch.Tensor, own_index: torch.Tensor) -> torch.Tensor:
+        own = logits.gather(1, own_index[:, None])[:, 0]
+        others = logits.scatter(1, own_index[:, None], float("-inf")).max(1).values
+        return others - own  # > 0: outside its own cluster
+
+    with torch.no_grad():
+        outside = margin(guide(flat.detach()), target) > 0
+    inside = 1 - outside.reshape(k, m).float().mean(1).cpu()
+    strays = outside.nonzero()[:, 0]
+    if strays.numel():
+        hinge = F.relu(margin(guide(flat[strays]), target[strays])).sum() / (k * m)
+    else:
+        hinge = flat.sum() * 0  # keeps the graph (and the step) the same shape
+    return hinge + config.inflation * inflation, inside
 
 
 def _can_start_from(net: MappingNetwork | None, config: MappingConfig, latent_dim: int) -> bool:
@@ -209,8 +230,17 @@ def _fit_batched(
     matched: list[torch.Tensor] = []
     targets: list[torch.Tensor] = data
     losses = [float("nan")] * k
-    with bar(config.epochs, desc=desc, unit="epoch") as b:
-        for epoch in range(config.epochs):
+    # With a fidelity target, training goes on past ``epochs`` (up to ``max_epoch_factor`` times as
+    # many) while some cluster's fresh samples still land inside it less often than the target:
+    # later layers and larger k need more steps than the demo job, and a fixed count tuned on one
+    # would waste time on the other. The share is the one the hinge sees anyway, on its samples.
+    extend = use_guide and config.fidelity_target > 0
+    most_epochs = (
+        max(config.epochs, math.ceil(config.epochs * config.max_epoch_factor)) if extend else config.epochs
+    )
+    epoch = 0
+    with bar(most_epochs, desc=desc, unit="epoch") as b:
+        while epoch < most_epochs:
             if epoch % config.staleness == 0:
                 model.eval()
                 if structured:
@@ -222,6 +252,7 @@ def _fit_batched(
                     matched, targets = pool_matches(model, data, gammas, config, draw, g, device)
             model.train()
             totals = torch.zeros(k)
+            inside = torch.zeros(k)
             for _ in range(steps):
                 rows = [torch.randint(len(matched[c]), (batch,), generator=g).to(device) for c in range(k)]
                 e_b = torch.stack([matched[c][rows[c]] for c in range(k)])
@@ -233,16 +264,19 @@ def _fit_batched(
                 per_cluster = squared.sum(2).mean(1) if structured else squared.mean(dim=(1, 2))
                 loss = per_cluster.sum()
                 if guide is not None and use_guide:
-                    loss = loss + config.consistency * k * _consistency(
-                        model, guide, k, config, draw, g, device, norms
-                    )
+                    hinge, inside_now = _consistency(model, guide, k, config, draw, g, device, norms)
+                    loss = loss + config.consistency * k * hinge
+                    inside += inside_now / steps
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 model.steps += 1
                 totals += per_cluster.detach().cpu()
             losses = (totals / steps).tolist()
+            epoch += 1
             b.update(1)
             b.set_postfix_str(f"loss {sum(losses) / k:.3f}")
+            if epoch >= config.epochs and (not extend or float(inside.min()) >= config.fidelity_target):
+                break
     model.eval()
-    return [model.export(c) for c in range(k)], losses
+    return [model.export(c) for c in range(k)], losses, epoch
