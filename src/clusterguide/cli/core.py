@@ -57,7 +57,12 @@ def layers(generator, checkpoint, latent_space, truncation, device):
     show_default=True,
     help="Mapping recipe: the default, the previous full-space default, or Algorithm 1 as published.",
 )
-@click.option("--epochs", type=EPOCHS, default=None, help="Mapping epochs (default: the recipe's).")
+@click.option(
+    "--epochs",
+    type=EPOCHS,
+    default=None,
+    help="Mapping epochs (default: the recipe's; fast trains up to 2x as many while a cluster misses 97% fidelity).",
+)
 @click.option(
     "--class",
     "class_label",
