@@ -22,7 +22,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -79,34 +78,6 @@ def parse_k_range(text: str) -> list[int]:
     if len(ks) < 3:
         raise UserError(f"--k-range {text!r}: give at least 3 values of k to compare")
     return ks
-
-
-def kmeans_pp(x: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo: int = 3, gpu: bool = False):
-    """FAISS k-means with k-means++ seeding: labels and inertia.
-
-    Random seeding (FAISS's default) often stops in a local minimum that merges two true clusters
-    and splits another; on five well-separated blobs its inertia at k=5 was 10-20x the optimum for
-    5 of 6 seeds, which bends the elbow and the silhouette curves to the wrong k.
-    """
-    init = getattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS", None)
-    if init is None:  # older FAISS: random seeding, more restarts
-        result = fit_kmeans(x, k, seed=seed, niter=niter, nredo=max(nredo, 10), gpu=gpu)
-        return result.labels, result.inertia
-    x = as_faiss(x)
-    km = faiss.Kmeans(
-        x.shape[1],
-        k,
-        niter=niter,
-        nredo=nredo,
-        seed=int(seed) % (2**31),
-        verbose=False,
-        init_method=init,
-        gpu=bool(gpu and hasattr(faiss, "StandardGpuResources")),
-        max_points_per_centroid=max(256, x.shape[0] // k + 1),  # use every point, no subsampling
-    )
-    km.train(x)
-    dist, labels = km.index.search(x, 1)
-    return labels[:, 0].astype(np.int64), float(dist.sum())
 
 
 # ---- the criteria ------------------------------------------------------------------------------
@@ -246,9 +217,10 @@ def scan_k(
     dist = pairwise_distances(x[sub])
     inertia, silhouette = [], []
     for k in progress(ks, total=len(ks), desc="k-means over k", unit="k"):
-        labels, objective = kmeans_pp(x, k, seed=seed, niter=niter, nredo=nredo, gpu=gpu)
-        inertia.append(objective)
-        silhouette.append(silhouette_score(dist, labels[sub]))
+        # k-means++: random seeding stops in local minima that bend the elbow and silhouette curves
+        km = fit_kmeans(x, k, seed=seed, niter=niter, nredo=nredo, gpu=gpu, init="k-means++")
+        inertia.append(km.inertia)
+        silhouette.append(silhouette_score(dist, km.labels[sub]))
     # the eigengap subsample is the first part of a fresh permutation of the silhouette one
     eig_rows = rng.permutation(m_sil)[:m_eig]
     eigenvalues = laplacian_spectrum(dist[np.ix_(eig_rows, eig_rows)], ks[-1] + 1)
