@@ -53,7 +53,8 @@ def metrics_table(metrics: dict, names: dict[str, str] | None = None) -> str:
     ]
     rows = [[r["id"], names.get(r["id"], "")] + [r.get(k) for k in keys] for r in metrics.get("clusters", [])]
     note = (
-        "precision/recall: k=5, PCA-16 of the layer's features, vs the cluster's exact samples; *_raw: the same in the "
-        "full feature space; *ceiling: what independent exact samples score"
+        "precision/recall: k=5, PCA-16 of the layer's features, vs fresh exact samples of the cluster; *_raw: the "
+        "same in the space the split clustered in (full features, or its stored PCA in a reduced run); "
+        "*ceiling: what independent exact samples score"
     )
     return table(headers, rows) + "\n" + note
