@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from clusterguide.cli.common import quiet_option
+from clusterguide.cli.common import SEED, WORKERS, Whole, quiet_option
 
 
 def export_command_line(run_dir: str, out: str, n: int, clusters, mix, method, seed, fmt, shard_size) -> str:
@@ -18,6 +18,10 @@ def export_command_line(run_dir: str, out: str, n: int, clusters, mix, method, s
     words += ["--mix", mix, "--method", method, "--seed", str(seed), "--format", fmt]
     words += ["--shard-size", str(shard_size)]
     return " ".join(shlex.quote(w) for w in words)
+
+
+SHARD = Whole(1, 1_000_000)  # images per shard
+# --device stays a plain string: with --ray it names what the actors need, which this machine may lack
 
 
 @click.command("export")
@@ -34,10 +38,12 @@ def export_command_line(run_dir: str, out: str, n: int, clusters, mix, method, s
     help="How N splits over the clusters: prior (shares p_c), uniform, or weights like '0:0.5,2/1:0.5'.",
 )
 @click.option("--method", type=click.Choice(["imle", "exact"]), default="imle", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["png", "webdataset"]), default="png", show_default=True)
-@click.option("--shard-size", type=int, default=1024, show_default=True, help="Images per shard.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Local processes (or Ray actors).")
+@click.option("--shard-size", type=SHARD, default=1024, show_default=True, help="Images per shard.")
+@click.option(
+    "--workers", type=WORKERS, default=1, show_default=True, help="Local processes (or Ray actors)."
+)
 @click.option(
     "--ray", "ray_address", default=None, help="'auto' (a local Ray instance) or a cluster address."
 )
