@@ -319,3 +319,17 @@ def test_convert_published_name_offline(tmp_path, monkeypatch):
     assert "cannot download stylegan2 checkpoint 'ffhq'" in message and "\n" not in message
     unknown = CliRunner().invoke(convert_command, ["stylegan2", "ffhq-9000", "--trust-pickle"])
     assert isinstance(unknown.exception, UserError) and "published" in str(unknown.exception)
+
+
+def test_convert_force_replaces_only_an_earlier_conversion(tmp_path, monkeypatch):
+    from clusterguide import artifacts
+
+    pkl = tmp_path / "mygan.pkl"
+    write_nvidia_pickle(pkl, random_generator(CFG, seed=2), monkeypatch)
+    run_like = tmp_path / "mygan"  # a run folder (another clusterguide format) where --out points
+    run_like.mkdir()
+    artifacts.write_json(run_like / "config.json", {"format": artifacts.FORMAT})
+    forced = CliRunner().invoke(convert_command, ["stylegan2", str(pkl), "--trust-pickle", "--force"])
+    assert isinstance(forced.exception, UserError) and "refusing to replace" in str(forced.exception)
+    assert not (run_like / "model.safetensors").exists()
+    assert json.loads((run_like / "config.json").read_text()) == {"format": artifacts.FORMAT}

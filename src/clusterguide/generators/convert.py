@@ -333,7 +333,8 @@ def convert_stylegan2(
         raise UserError(f"{source}: cannot read the architecture ({type(exc).__name__}: {exc})") from None
     net = StyleGAN3Generator(cfg) if isinstance(cfg, StyleGAN3Config) else StyleGAN2Generator(cfg)
     load_state_dict_strict(net, state, str(source))  # fail before writing anything
-    with staged_dir(out, overwrite=overwrite) as stage:
+    # --force replaces only an earlier conversion, never a run folder or another clusterguide folder
+    with staged_dir(out, overwrite=overwrite, kind=FORMAT) as stage:
         digest = save_tensors(stage / WEIGHTS_NAME, state)
         write_json(
             stage / CONFIG_NAME,
