@@ -208,3 +208,14 @@ def test_fit_on_ray_gives_the_labels_of_one_process(reduced_run, tmp_path, capsy
     G = ClusterSampler.load(out).generator
     z = G.sample_latents(200, 3)
     assert other.tree.leaf_of(G, z) == run.tree.leaf_of(G, z)
+
+
+def test_api_fit_takes_the_scale_options():
+    import clusterguide as cg
+    from clusterguide.errors import UserError
+
+    sampler = cg.fit("tiny-dcgan", "block1", 3, samples=400, epochs=2, reduce=8, workers=1, verbose=False)
+    reduction = sampler.run.tree.splits[""].reduction
+    assert reduction is not None and reduction.components.shape[1] == 8
+    with pytest.raises(UserError, match="--workers"):
+        cg.fit("tiny-dcgan", "block1", 3, samples=400, workers=0, verbose=False)

@@ -38,6 +38,9 @@ def fit(
     pool: int | None = None,
     device: str = "cpu",
     verbose: bool = True,
+    reduce: int | None = None,
+    workers: int = 1,
+    ray: str | None = None,
 ) -> ClusterSampler:
     """Cluster ``generator``'s representations at ``layer`` into ``clusters`` groups and learn a
     mapping per cluster (Algorithm 1; ``mapping="paper"`` for the published recipe).
@@ -46,8 +49,14 @@ def fit(
     ``package.module:factory`` string, or a :class:`GeneratorSpec`; ``checkpoint`` and ``options``
     (family options such as ``latent_space`` or ``truncation``) complete a name. Progress bars and
     stage messages go to stderr unless ``verbose=False``. Nothing is written: call ``.save(dir)``.
+
+    Large fits: ``reduce`` clusters a PCA of the features with that many axes (``None``: only when
+    the full features would pass 2 GiB; ``0``: never), ``workers`` local processes or a Ray cluster
+    (``ray="auto"`` or an address) compute the features (docs/scale.md).
     """
+    from clusterguide.executor import Backend, check_backend
     from clusterguide.fitting import fit_run
+    from clusterguide.large_fit import ScaleOptions
     from clusterguide.mapping import MappingConfig
     from clusterguide.progress import set_progress
     from clusterguide.run import FitConfig
@@ -63,10 +72,14 @@ def fit(
         layer=layer, clusters=clusters, samples=samples, seed=seed, class_label=class_label, pool=pool
     )
     map_cfg = MappingConfig.preset(mapping, epochs=epochs, seed=seed)
+    check_backend(workers, ray)
+    scale = ScaleOptions(reduce, Backend(workers=workers, ray=ray, device=device), spec)
     if not verbose:
         set_progress(False)
     try:
-        run, G = fit_run(spec, fit_cfg, map_cfg, device=device, log=_stderr if verbose else _quiet)
+        run, G = fit_run(
+            spec, fit_cfg, map_cfg, device=device, log=_stderr if verbose else _quiet, scale=scale
+        )
     finally:
         if not verbose:
             set_progress(None)
