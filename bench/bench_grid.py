@@ -145,11 +145,13 @@ def cells(args) -> list[dict]:
 
 def table(out_dir: Path) -> str:
     lines = [
-        "| cell | seed | met / eligible | failing clusters (fidelity, recall / ceiling) | seconds |",
-        "|---|---|---|---|---|",
+        "| cell | seed | met / eligible | failing clusters (fidelity, recall / ceiling) | epochs | seconds |",
+        "|---|---|---|---|---|---|",
     ]
-    for path in sorted(out_dir.glob("*.json")):
-        r = json.loads(path.read_text())
+    results = [json.loads(path.read_text()) for path in out_dir.glob("*.json")]
+    order = {"flat": 0, "tree": 1}
+    results.sort(key=lambda r: (r["seed"], order[r["kind"]], r["layer"], r["k"]))
+    for r in results:
         fails = ", ".join(
             f"{c['id']} ({c['fidelity']:.3f}, {c['recall_share']:.2f})"
             if c["recall_share"] is not None
@@ -158,9 +160,15 @@ def table(out_dir: Path) -> str:
             if not c["ok"]
         )
         name = r["name"].rsplit("-s", 1)[0]
+        # epochs the mappings trained (the fast recipe extends them while fidelity is short)
+        epochs = "/".join(str(t.get("epochs", "?")) for t in r.get("timings", {}).values()) or "?"
         lines.append(
-            f"| {name} | {r['seed']} | {r['met']} / {r['eligible']} | {fails or '-'} | {r['seconds']:.0f} |"
+            f"| {name} | {r['seed']} | {r['met']} / {r['eligible']} | {fails or '-'} | {epochs} "
+            f"| {r['seconds']:.0f} |"
         )
+    met = sum(r["met"] for r in results)
+    eligible = sum(r["eligible"] for r in results)
+    lines.append(f"| **all {len(results)} cells** | | **{met} / {eligible}** | | | |")
     return "\n".join(lines)
 
 
