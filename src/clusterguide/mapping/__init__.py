@@ -15,8 +15,10 @@ Three recipes share one network shape (3 bias-free fully connected layers, batch
   complement, only its few subspace coordinates are drawn as candidates, and the nearest is
   regressed. In a few dimensions the nearest of 32 candidates is close, so IMLE covers the
   cluster instead of averaging it (the failure of IMLE in the full 100-d space). A
-  cluster-consistency hinge on fresh samples pulls the strays in (it is zero for samples inside).
-  All sibling clusters train at once as one batched network.
+  cluster-consistency hinge on fresh samples pulls the strays in (it is zero for samples inside,
+  so only the strays go through the generator with autograd). All sibling clusters train at once
+  as one batched network, for ``epochs`` and up to twice as many while some cluster's fresh
+  samples land inside it less often than ``fidelity_target``.
 - ``residual``: the previous default, kept for comparison: a full-space residual mapping with
   pool-based IMLE (Gamma = 4 x size, refreshed every 5 epochs), a strong consistency hinge and a
   norm-inflation penalty. It keeps fidelity and norm but overshoots into the cluster's interior,
