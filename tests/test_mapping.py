@@ -160,6 +160,45 @@ def test_conditional_matches_keep_each_latents_complement():
     assert not torch.allclose(e, z)  # the subspace coordinates are drawn
 
 
+def test_conditional_matches_draw_only_the_drawn_columns():
+    # 5 columns, of which IMLE draws the first 2; the other 3 (correction directions) keep z's own
+    g = torch.Generator().manual_seed(3)
+    basis = torch.linalg.qr(torch.randn(2, 8, 5, generator=g))[0]
+    model = BatchedMapping(2, 8, 16, 8, residual=True, generator=g, basis=basis, drawn=[2, 2]).eval()
+    z = torch.randn(50, 8, generator=g)
+    e = conditional_matches(model, 0, z, candidates=4, g=g)
+    drawn = basis[0][:, :2]
+    off = torch.eye(8) - drawn @ drawn.T
+    assert torch.allclose(e @ off, z @ off, atol=1e-5)
+    assert not torch.allclose(e @ drawn, z @ drawn)
+
+
+def test_correction_directions_lift_the_keep_to_the_fidelity_target():
+    # a cluster bounded along two directions: U_c holds one, the correction basis must add the other
+    from clusterguide.mapping.bases import complement_keep, correction_basis
+
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.eye(12)[0], torch.eye(12)[1]
+
+    def guide(z):
+        inside = torch.minimum(z @ a, z @ b)
+        return torch.stack([inside, -inside], 1)
+
+    z = torch.randn(20_000, 12, generator=g)
+    z = z[(z @ a > 0) & (z @ b > 0)][:2000]
+    cfg = MappingConfig.preset("fast", hinge_dims=4, fidelity_target=0.97)
+    u = a[:, None]
+    v = correction_basis(z, guide, 0, cfg, standard_normal(12), u)
+    assert 1 <= v.shape[1] <= 4
+    assert float((u.T @ v).abs().max()) < 1e-5  # orthogonal to U_c
+    assert float((v.T @ b).norm()) > 0.95  # the missing bound is among them
+    keep = complement_keep(z[:1000], torch.cat([u, v], 1), guide, 0, standard_normal(12), g)
+    assert keep >= 0.97
+    assert complement_keep(z[:1000], u, guide, 0, standard_normal(12), g) < 0.8
+    off = MappingConfig.preset("fast", hinge_dims=0)
+    assert correction_basis(z, guide, 0, off, standard_normal(12), u).shape[1] == 0
+
+
 def test_fast_mapping_moves_latents_only_inside_its_subspace(tiny_clusters):
     G, z, km, split = tiny_clusters
     latents = [z[torch.from_numpy(km.labels == c)] for c in range(3)]
@@ -277,7 +316,7 @@ def test_hinge_on_strays_only_has_the_full_hinges_loss_and_gradient(tiny_cluster
     with torch.no_grad():  # a mapping that moves samples, so some land outside and some inside
         model.w3.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
     norms = torch.ones(3)
-    hinge, inside = _consistency(
+    hinge, inside, _ = _consistency(
         model, guide, 3, cfg, standard_normal(16), torch.Generator().manual_seed(1), "cpu", norms
     )
     model.zero_grad()
@@ -310,3 +349,21 @@ def test_a_fidelity_target_extends_training_only_while_it_is_missed(tiny_cluster
     assert met.epochs == 2  # met at once: stops at epochs
     off = fit_mappings(latents, MappingConfig(fidelity_target=0.0, **base), guide=guide)
     assert off.epochs == 2  # no target: exactly epochs
+
+
+def test_spread_is_unbiased_at_the_clusters_own_moments_and_positive_when_contracted():
+    from clusterguide.mapping.training import _spread
+
+    g = torch.Generator().manual_seed(5)
+    k, m, w = 2, 64, 6
+    basis = torch.eye(w)[None].repeat(k, 1, 1)
+    mean, cov = torch.zeros(k, w), torch.eye(w)[None].repeat(k, 1, 1)
+
+    def average(scale: float) -> float:
+        draws = [_spread(scale * torch.randn(k, m, w, generator=g), basis, mean, cov) for _ in range(400)]
+        return float(torch.stack(draws).mean())
+
+    contracted = average(0.7)
+    assert contracted > 1.0  # about 6 x (0.49 - 1)^2 = 1.56
+    # the squared error of 64-sample moments would average about 0.7 here; the split estimate is ~0
+    assert abs(average(1.0)) < 0.1 * contracted

@@ -108,3 +108,31 @@ def cluster_basis(
         if j == most or complement_keep(sample, basis, guide, cluster, draw, check_g) >= config.keep_target:
             return basis
     raise AssertionError("unreachable")
+
+
+def correction_basis(
+    z: torch.Tensor,
+    guide: Guide | None,
+    cluster: int,
+    config: MappingConfig,
+    draw: Prior,
+    basis: torch.Tensor,
+    check: int = 1000,
+) -> torch.Tensor:
+    """(D, v) further boundary directions, orthogonal to ``basis`` (U_c), that the mapping may
+    write to but does not draw in: enough that a cluster whose complement still matters can be
+    reached without bending U_c's coordinates. Added (1, 2, 4, ... up to ``hinge_dims``) until
+    :func:`complement_keep` reaches ``fidelity_target``; none without a guide or a target."""
+    latent_dim = z.shape[1]
+    most = min(config.hinge_dims, latent_dim - basis.shape[1])
+    if guide is None or most <= 0 or config.fidelity_target <= 0:
+        return z.new_zeros(latent_dim, 0)
+    active = active_basis(z, guide, cluster, most, exclude=basis)
+    sample = z[:check]
+    check_g = torch.Generator().manual_seed(derive_seed(config.seed, "keep-write", cluster))
+    j = 0
+    while True:
+        full = torch.linalg.qr(torch.cat([basis, active[:, :j]], 1).double())[0].float()
+        if j >= most or complement_keep(sample, full, guide, cluster, draw, check_g) >= config.fidelity_target:
+            return full[:, basis.shape[1] :]
+        j = min(most, max(1, 2 * j))

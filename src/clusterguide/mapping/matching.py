@@ -30,7 +30,8 @@ def conditional_matches(
     assert model.basis is not None, "conditional matching needs a subspace mapping"
     live = model.basis[cluster].norm(dim=0) > 0  # clusters with fewer directions are zero-padded
     basis = model.basis[cluster][:, live]
-    d = basis.shape[1]
+    # the first d columns are drawn; correction columns after them keep z_i's own coordinates
+    d = model.drawn[cluster] if model.drawn is not None else basis.shape[1]
     out = torch.empty_like(z)
     for s in range(0, z.shape[0], chunk):
         zc = z[s : s + chunk]
@@ -40,10 +41,12 @@ def conditional_matches(
         if draw is None:
             eps = torch.randn(n, candidates, d, generator=g).to(z.device)
         else:
-            eps = (draw(n * candidates, g).to(z.device) @ basis).reshape(n, candidates, d)
+            eps = (draw(n * candidates, g).to(z.device) @ basis[:, :d]).reshape(n, candidates, d)
+        kept = coords[:, None, d:].expand(n, candidates, basis.shape[1] - d)
+        eps = torch.cat([eps, kept], 2)
         cand = complement[:, None, :] + eps @ basis.T  # (n, m, D)
         written = model.last_layer_output(cand.reshape(n * candidates, -1), cluster)[:, live]
-        mapped = eps + written.reshape(n, candidates, d)
+        mapped = eps + written.reshape(n, candidates, -1)
         best = ((mapped - coords[:, None, :]) ** 2).sum(2).argmin(1)
         out[s : s + n] = cand[torch.arange(n, device=z.device), best]
     return out

@@ -57,6 +57,7 @@ class BatchedMapping(nn.Module):
         residual: bool,
         generator: torch.Generator,
         basis: torch.Tensor | None = None,
+        drawn: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.residual = residual
@@ -76,6 +77,8 @@ class BatchedMapping(nn.Module):
         self.w2 = linear(width, width)
         self.w3 = linear(width, latent_dim if basis is None else basis.shape[2], zero=residual)
         self.register_buffer("basis", basis)
+        # how many of each cluster's leading basis columns IMLE draws in (the rest it only writes to)
+        self.drawn = list(drawn) if drawn is not None else None
         for i in (1, 2):
             self.register_parameter(f"g{i}", nn.Parameter(torch.ones(k, 1, width)))
             self.register_parameter(f"b{i}", nn.Parameter(torch.zeros(k, 1, width)))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from clusterguide.errors import UserError
-from clusterguide.mapping.bases import cluster_basis, subspace_of
+from clusterguide.mapping.bases import cluster_basis, correction_basis, subspace_of
 from clusterguide.mapping.inputs import Guide, Prior, standard_normal
 from clusterguide.mapping.matching import conditional_matches, pool_matches
 from clusterguide.mapping.networks import BatchedMapping, MappingNetwork, make_network
@@ -125,7 +125,7 @@ def _consistency(
     g,
     device,
     norms: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hinge on fresh mapped samples, and each cluster's share of them already inside.
 
     The hinge is zero for samples already inside their own cluster, so it pulls stray samples in
@@ -160,7 +160,27 @@ def _consistency(
         hinge = F.relu(margin(guide(flat[strays]), target[strays])).sum() / (k * m)
     else:
         hinge = flat.sum() * 0  # keeps the graph (and the step) the same shape
-    return hinge + config.inflation * inflation, inside
+    return hinge + config.inflation * inflation, inside, mapped
+
+
+def _spread(mapped: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """How far the mapped samples' mean and covariance in the subspace coordinates are from the
+    cluster's own (per cluster): what keeps the hinge's inward pull from contracting the whole
+    mapping, which IMLE's nearest-of-m matching alone restores too weakly.
+
+    The squared distance of moments estimated from a few dozen samples is biased, and its gradient
+    shrinks the samples (the estimate's noise grows with their spread); the product of the errors of
+    two independent halves has the squared distance as its expectation, without that bias."""
+    coords = torch.bmm(mapped, basis)  # (k, m, w)
+    half = coords.shape[1] // 2
+    errors = []
+    for part in (coords[:, :half], coords[:, half : 2 * half]):
+        mu = part.mean(1)
+        centred = part - mu[:, None]
+        c = centred.transpose(1, 2) @ centred / (part.shape[1] - 1)
+        errors.append((mu - mean, c - cov))
+    (m1, c1), (m2, c2) = errors
+    return (m1 * m2).sum(1) + (c1 * c2).sum((1, 2))
 
 
 def _can_start_from(net: MappingNetwork | None, config: MappingConfig, latent_dim: int) -> bool:
@@ -207,10 +227,18 @@ def _fit_batched(
             cluster_basis(z, guide, c, config, draw, base=parent, reference=reference)
             for c, z in enumerate(data)
         ]
+        # matching draws in U_c; the mapping also writes to the correction directions after it
+        drawn = [b.shape[1] for b in bases]
+        bases = [
+            torch.cat([b, correction_basis(z, guide, c, config, draw, b)], 1)
+            for c, (z, b) in enumerate(zip(data, bases))
+        ]
         # clusters may need different numbers of directions: pad with zero columns, which write nothing
         width = max(b.shape[1] for b in bases)
         basis = torch.stack([F.pad(b, (0, width - b.shape[1])) for b in bases])
-    model = BatchedMapping(k, latent_dim, config.width, latent_dim, config.residual, g, basis=basis)
+    model = BatchedMapping(
+        k, latent_dim, config.width, latent_dim, config.residual, g, basis=basis, drawn=drawn if structured else None
+    )
     if start is not None and (not structured or parent is not None):
         model.start_from(start)
     model = model.to(device)
@@ -227,6 +255,13 @@ def _fit_batched(
     batch = config.batch_size
     use_guide = guide is not None and config.consistency > 0
     norms = torch.stack([z.norm(dim=1).mean() for z in data])
+    spread_target = None
+    if structured and basis is not None and config.spread > 0:
+        coords = [z @ basis[c] for c, z in enumerate(data)]
+        spread_target = (
+            torch.stack([x.mean(0) for x in coords]),
+            torch.stack([torch.cov(x.T, correction=1).reshape(x.shape[1], x.shape[1]) for x in coords]),
+        )
     matched: list[torch.Tensor] = []
     targets: list[torch.Tensor] = data
     losses = [float("nan")] * k
@@ -264,8 +299,10 @@ def _fit_batched(
                 per_cluster = squared.sum(2).mean(1) if structured else squared.mean(dim=(1, 2))
                 loss = per_cluster.sum()
                 if guide is not None and use_guide:
-                    hinge, inside_now = _consistency(model, guide, k, config, draw, g, device, norms)
+                    hinge, inside_now, mapped = _consistency(model, guide, k, config, draw, g, device, norms)
                     loss = loss + config.consistency * k * hinge
+                    if spread_target is not None:
+                        loss = loss + config.spread * _spread(mapped, basis, *spread_target).sum()
                     inside += inside_now / steps
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
