@@ -75,6 +75,15 @@ def test_old_mapping_configs_load_with_their_dropped_fields():
         MappingConfig.from_json({**saved, "match_quantile": 0.5})
 
 
+def test_a_fast_config_saved_before_the_correction_directions_trains_as_it_did():
+    saved = MappingConfig.preset("fast").to_json()
+    for name in ("fidelity_target", "max_epoch_factor", "hinge_dims", "spread"):
+        del saved[name]
+    loaded = MappingConfig.from_json(saved)
+    assert (loaded.fidelity_target, loaded.hinge_dims, loaded.spread) == (0.0, 0, 0.0)
+    assert MappingConfig.from_json(MappingConfig().to_json()) == MappingConfig()
+
+
 def test_precision_recall_sets_are_fresh_disjoint_and_exact(tiny_run, tiny_generator):
     run_dir, _ = tiny_run
     run = Run.load(run_dir)

@@ -202,9 +202,10 @@ def test_correction_directions_lift_the_keep_to_the_fidelity_target():
 def test_fast_mapping_moves_latents_only_inside_its_subspace(tiny_clusters):
     G, z, km, split = tiny_clusters
     latents = [z[torch.from_numpy(km.labels == c)] for c in range(3)]
-    cfg = MappingConfig.preset("fast", epochs=3, width=32, batch_size=64)
+    # at most 2 + 8 drawn and 2 correction directions: fewer than the 16 of the latent space
+    cfg = MappingConfig.preset("fast", epochs=3, width=32, batch_size=64, hinge_dims=2)
     nets = fit_mappings(latents, cfg, guide=make_guide(G, split)).networks
-    dims = cfg.moment_dims + cfg.max_active_dims
+    dims = cfg.moment_dims + cfg.max_active_dims + cfg.hinge_dims
     for net in nets:
         assert net.residual
         assert torch.linalg.matrix_rank(net.fc3.weight) <= dims
@@ -367,3 +368,10 @@ def test_spread_is_unbiased_at_the_clusters_own_moments_and_positive_when_contra
     assert contracted > 1.0  # about 6 x (0.49 - 1)^2 = 1.56
     # the squared error of 64-sample moments would average about 0.7 here; the split estimate is ~0
     assert abs(average(1.0)) < 0.1 * contracted
+
+
+def test_hinge_weights_grow_as_a_cluster_nears_or_falls_short_of_the_target():
+    from clusterguide.mapping.training import hinge_weights
+
+    w = hinge_weights(torch.tensor([1.0, 0.98, 0.9625, 0.95, 0.90, 0.5]), target=0.95, most=3.0)
+    assert torch.allclose(w, torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0, 3.0]))

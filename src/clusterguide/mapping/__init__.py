@@ -16,9 +16,15 @@ Three recipes share one network shape (3 bias-free fully connected layers, batch
   regressed. In a few dimensions the nearest of 32 candidates is close, so IMLE covers the
   cluster instead of averaging it (the failure of IMLE in the full 100-d space). A
   cluster-consistency hinge on fresh samples pulls the strays in (it is zero for samples inside,
-  so only the strays go through the generator with autograd). All sibling clusters train at once
-  as one batched network, for ``epochs`` and up to twice as many while some cluster's fresh
-  samples land inside it less often than ``fidelity_target``.
+  so only the strays go through the generator with autograd). Where the complement still
+  matters, the mapping may also write (not draw) along further boundary directions, as many as
+  bring the cluster's keep to ``fidelity_target`` (:func:`correction_basis`), so the hinge can
+  pull strays in there instead of bending U_c's coordinates. The hinge alone contracts the whole
+  mapping (its samples sit twice as deep inside as exact ones), so a ``spread`` term matches the
+  mapped samples' mean and covariance in the subspace to the cluster's own (estimated without
+  bias from two halves of the batch). All sibling clusters train at once as one batched
+  network, for ``epochs`` and up to twice as many while some cluster's fresh samples land inside
+  it less often than ``fidelity_target``.
 - ``residual``: the previous default, kept for comparison: a full-space residual mapping with
   pool-based IMLE (Gamma = 4 x size, refreshed every 5 epochs), a strong consistency hinge and a
   norm-inflation penalty. It keeps fidelity and norm but overshoots into the cluster's interior,
@@ -34,6 +40,7 @@ form), ``inputs`` (prior, guide, input streams), ``bases`` (the fast recipe's su
 from clusterguide.mapping.bases import (
     active_basis,
     cluster_basis,
+    correction_basis,
     complement_keep,
     moment_basis,
     subspace_of,
@@ -55,6 +62,7 @@ __all__ = [
     "active_basis",
     "check_recipe",
     "cluster_basis",
+    "correction_basis",
     "complement_keep",
     "conditional_matches",
     "draw_inputs",

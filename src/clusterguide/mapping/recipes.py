@@ -21,7 +21,7 @@ def check_recipe(recipe: str) -> str:
 DROPPED_FIELDS = {"aux_dim": None, "margin": 0.0, "imle_weight": 1.0, "match_quantile": 1.0}
 # Fields added later, with the value that reproduces what older run folders were trained with
 # (a refinement of an old run trains its children the way the run was trained).
-ADDED_FIELDS = {"fidelity_target": 0.0, "max_epoch_factor": 1.0, "hinge_dims": 0, "spread": 0.0}
+ADDED_FIELDS = {"fidelity_target": 0.0, "max_epoch_factor": 1.0, "hinge_dims": 0, "spread": 0.0, "hinge_boost": 1.0}
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class MappingConfig:
     lr: float = 1e-3  # Adam learning rate
     residual: bool = True  # T(e) = e + f(e), f zero at init (fast and residual; the paper's is not)
     staleness: int = 5  # epochs between nearest-neighbour refreshes (1 = every epoch, as the paper)
-    consistency: float = 3.0  # weight of the cluster-consistency hinge (0 = pure IMLE)
+    consistency: float = 1.0  # weight of the cluster-consistency hinge (0 = pure IMLE)
     guide_batch: int = 64  # free samples per cluster per step for the consistency term
     inflation: float = 0.0  # residual: weight of a penalty on mapped norms growing past the cluster's
     moment_dims: int = 2  # fast: directions where the cluster's second moment departs most from the prior's
@@ -50,13 +50,16 @@ class MappingConfig:
     # fast: train past `epochs` while some cluster's fresh samples land inside it less often than
     # this (the hinge's own samples over the last epoch), up to `max_epoch_factor` x `epochs`;
     # 0 = exactly `epochs`
-    fidelity_target: float = 0.97
+    fidelity_target: float = 0.95
     max_epoch_factor: float = 2.0
     # fast: at most this many further boundary directions the mapping writes to but does not draw
     # in, added until redrawing the rest keeps `fidelity_target` (0 = none)
     hinge_dims: int = 16
     # fast: weight of matching the mapped samples' mean and covariance in U_c to the cluster's own
     spread: float = 1.0
+    # fast: a cluster's hinge weight grows up to this factor while its share inside falls short of
+    # `fidelity_target` (1 = the same weight for all)
+    hinge_boost: float = 3.0
     min_steps: int = 10  # fast/residual: optimiser steps per epoch at least (small clusters, refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0
@@ -82,6 +85,7 @@ class MappingConfig:
                 max_epoch_factor=1.0,
                 hinge_dims=0,
                 spread=0.0,
+                hinge_boost=1.0,
             ),
             "fast": MappingConfig(),
             "residual": MappingConfig(
@@ -96,6 +100,7 @@ class MappingConfig:
                 max_epoch_factor=1.0,
                 hinge_dims=0,
                 spread=0.0,
+                hinge_boost=1.0,
             ),
         }
         return replace(presets[check_recipe(recipe)], **{k: v for k, v in overrides.items() if v is not None})

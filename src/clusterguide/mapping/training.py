@@ -125,6 +125,7 @@ def _consistency(
     g,
     device,
     norms: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hinge on fresh mapped samples, and each cluster's share of them already inside.
 
@@ -157,7 +158,10 @@ def _consistency(
     inside = 1 - outside.reshape(k, m).float().mean(1).cpu()
     strays = outside.nonzero()[:, 0]
     if strays.numel():
-        hinge = F.relu(margin(guide(flat[strays]), target[strays])).sum() / (k * m)
+        per_stray = F.relu(margin(guide(flat[strays]), target[strays]))
+        if weights is not None:  # each cluster's own weight
+            per_stray = per_stray * weights.to(per_stray.device)[target[strays]]
+        hinge = per_stray.sum() / (k * m)
     else:
         hinge = flat.sum() * 0  # keeps the graph (and the step) the same shape
     return hinge + config.inflation * inflation, inside, mapped
@@ -181,6 +185,15 @@ def _spread(mapped: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor, cov: 
         errors.append((mu - mean, c - cov))
     (m1, c1), (m2, c2) = errors
     return (m1 * m2).sum(1) + (c1 * c2).sum((1, 2))
+
+
+def hinge_weights(inside: torch.Tensor, target: float, most: float) -> torch.Tensor:
+    """Per-cluster hinge weights from each cluster's share of samples inside: ``most`` at or below
+    ``target``, falling linearly to 1 halfway from the target to 100%. The weights aim above the
+    target so that clusters settle past it (and training can stop) rather than hover at it."""
+    half = max(1 - target, 1e-6) / 2
+    short = ((target + half - inside) / half).clamp(0, 1)
+    return 1 + (most - 1) * short
 
 
 def _can_start_from(net: MappingNetwork | None, config: MappingConfig, latent_dim: int) -> bool:
@@ -273,6 +286,11 @@ def _fit_batched(
     most_epochs = (
         max(config.epochs, math.ceil(config.epochs * config.max_epoch_factor)) if extend else config.epochs
     )
+    # Each cluster's hinge weight follows its own share inside over the last epoch: 1 at or above
+    # the target, up to ``hinge_boost`` where it falls short by the target's slack or more. A
+    # cluster that is easy to stay in (a large central one) is not pulled inward more than it needs,
+    # which costs spread; a hard one (many neighbours, later layers) is pulled harder.
+    boost = torch.full((k,), config.hinge_boost) if extend and config.hinge_boost > 1 else None
     epoch = 0
     with bar(most_epochs, desc=desc, unit="epoch") as b:
         while epoch < most_epochs:
@@ -299,7 +317,9 @@ def _fit_batched(
                 per_cluster = squared.sum(2).mean(1) if structured else squared.mean(dim=(1, 2))
                 loss = per_cluster.sum()
                 if guide is not None and use_guide:
-                    hinge, inside_now, mapped = _consistency(model, guide, k, config, draw, g, device, norms)
+                    hinge, inside_now, mapped = _consistency(
+                        model, guide, k, config, draw, g, device, norms, boost
+                    )
                     loss = loss + config.consistency * k * hinge
                     if spread_target is not None:
                         loss = loss + config.spread * _spread(mapped, basis, *spread_target).sum()
@@ -310,6 +330,8 @@ def _fit_batched(
                 model.steps += 1
                 totals += per_cluster.detach().cpu()
             losses = (totals / steps).tolist()
+            if boost is not None:
+                boost = hinge_weights(inside, config.fidelity_target, config.hinge_boost)
             epoch += 1
             b.update(1)
             b.set_postfix_str(f"loss {sum(losses) / k:.3f}")
