@@ -40,8 +40,8 @@ form), ``inputs`` (prior, guide, input streams), ``bases`` (the fast recipe's su
 from clusterguide.mapping.bases import (
     active_basis,
     cluster_basis,
-    correction_basis,
     complement_keep,
+    correction_basis,
     moment_basis,
     subspace_of,
 )
@@ -62,9 +62,9 @@ __all__ = [
     "active_basis",
     "check_recipe",
     "cluster_basis",
-    "correction_basis",
     "complement_keep",
     "conditional_matches",
+    "correction_basis",
     "draw_inputs",
     "fit_mappings",
     "make_network",

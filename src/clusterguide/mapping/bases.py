@@ -133,6 +133,9 @@ def correction_basis(
     j = 0
     while True:
         full = torch.linalg.qr(torch.cat([basis, active[:, :j]], 1).double())[0].float()
-        if j >= most or complement_keep(sample, full, guide, cluster, draw, check_g) >= config.fidelity_target:
+        if (
+            j >= most
+            or complement_keep(sample, full, guide, cluster, draw, check_g) >= config.fidelity_target
+        ):
             return full[:, basis.shape[1] :]
         j = min(most, max(1, 2 * j))

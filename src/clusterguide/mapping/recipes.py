@@ -21,7 +21,13 @@ def check_recipe(recipe: str) -> str:
 DROPPED_FIELDS = {"aux_dim": None, "margin": 0.0, "imle_weight": 1.0, "match_quantile": 1.0}
 # Fields added later, with the value that reproduces what older run folders were trained with
 # (a refinement of an old run trains its children the way the run was trained).
-ADDED_FIELDS = {"fidelity_target": 0.0, "max_epoch_factor": 1.0, "hinge_dims": 0, "spread": 0.0, "hinge_boost": 1.0}
+ADDED_FIELDS = {
+    "fidelity_target": 0.0,
+    "max_epoch_factor": 1.0,
+    "hinge_dims": 0,
+    "spread": 0.0,
+    "hinge_boost": 1.0,
+}
 
 
 @dataclass(frozen=True)

@@ -250,7 +250,14 @@ def _fit_batched(
         width = max(b.shape[1] for b in bases)
         basis = torch.stack([F.pad(b, (0, width - b.shape[1])) for b in bases])
     model = BatchedMapping(
-        k, latent_dim, config.width, latent_dim, config.residual, g, basis=basis, drawn=drawn if structured else None
+        k,
+        latent_dim,
+        config.width,
+        latent_dim,
+        config.residual,
+        g,
+        basis=basis,
+        drawn=drawn if structured else None,
     )
     if start is not None and (not structured or parent is not None):
         model.start_from(start)
@@ -268,10 +275,13 @@ def _fit_batched(
     batch = config.batch_size
     use_guide = guide is not None and config.consistency > 0
     norms = torch.stack([z.norm(dim=1).mean() for z in data])
+    # the cluster's own mean and covariance in its subspace coordinates, which ``spread`` keeps
     spread_target = None
-    if structured and basis is not None and config.spread > 0:
-        coords = [z @ basis[c] for c, z in enumerate(data)]
+    if structured and model.basis is not None and config.spread > 0:
+        on = model.basis
+        coords = [z @ on[c] for c, z in enumerate(data)]
         spread_target = (
+            on,
             torch.stack([x.mean(0) for x in coords]),
             torch.stack([torch.cov(x.T, correction=1).reshape(x.shape[1], x.shape[1]) for x in coords]),
         )
@@ -322,7 +332,7 @@ def _fit_batched(
                     )
                     loss = loss + config.consistency * k * hinge
                     if spread_target is not None:
-                        loss = loss + config.spread * _spread(mapped, basis, *spread_target).sum()
+                        loss = loss + config.spread * _spread(mapped, *spread_target).sum()
                     inside += inside_now / steps
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
