@@ -286,7 +286,16 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tiny_run, tmp_path, capsys)
     args = [sys.executable, "-m", "clusterguide", "export", str(run_dir), "--out", str(out)]
     args += ["-n", "3000", "--shard-size", "25", "--workers", "2"]
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a child inherits an ignored SIGINT (left so by anything earlier in this process, as a
+    # background shell job's is): start it with the default, as a terminal would
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     shards = out / "shards"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
