@@ -61,7 +61,8 @@ class MappingConfig:
     # fast: at most this many further boundary directions the mapping writes to but does not draw
     # in, added until redrawing the rest keeps `fidelity_target` (0 = none)
     hinge_dims: int = 16
-    # fast: weight of matching the mapped samples' mean and covariance in U_c to the cluster's own
+    # fast: weight of matching the mapped samples' mean and covariance on U_c and the correction
+    # directions to the cluster's own
     spread: float = 1.0
     # fast: a cluster's hinge weight grows up to this factor while its share inside falls short of
     # `fidelity_target` (1 = the same weight for all)
