@@ -64,8 +64,8 @@ class MappingConfig:
     # fast: weight of matching the mapped samples' mean and covariance on U_c and the correction
     # directions to the cluster's own
     spread: float = 1.0
-    # fast: a cluster's hinge weight grows up to this factor while its share inside falls short of
-    # `fidelity_target` (1 = the same weight for all)
+    # fast: a cluster's hinge weight, from 1 (its share inside halfway from `fidelity_target` to
+    # 100% or more) up to this factor (at the target or below); 1 = the same weight for all
     hinge_boost: float = 3.0
     min_steps: int = 10  # fast/residual: optimiser steps per epoch at least (small clusters, refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)

@@ -296,8 +296,8 @@ def _fit_batched(
     most_epochs = (
         max(config.epochs, math.ceil(config.epochs * config.max_epoch_factor)) if extend else config.epochs
     )
-    # Each cluster's hinge weight follows its own share inside over the last epoch: 1 at or above
-    # the target, up to ``hinge_boost`` where it falls short by the target's slack or more. A
+    # Each cluster's hinge weight follows its own share inside over the last epoch (see
+    # :func:`hinge_weights`: ``hinge_boost`` at or below the target, 1 well above it). A
     # cluster that is easy to stay in (a large central one) is not pulled inward more than it needs,
     # which costs spread; a hard one (many neighbours, later layers) is pulled harder.
     boost = torch.full((k,), config.hinge_boost) if extend and config.hinge_boost > 1 else None
