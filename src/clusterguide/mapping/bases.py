@@ -73,6 +73,27 @@ def complement_keep(
     return float((guide(redrawn).argmax(1) == cluster).float().mean())
 
 
+def grow_until_kept(
+    sample: torch.Tensor,
+    guide: Guide,
+    cluster: int,
+    draw: Prior,
+    g: torch.Generator,
+    fixed: torch.Tensor,
+    candidates: torch.Tensor,
+    steps: list[int],
+    target: float,
+) -> torch.Tensor:
+    """Orthonormal basis of ``fixed`` and the first j ``candidates`` columns, for the first j of
+    ``steps`` at which redrawing the complement keeps ``target`` of ``sample`` in ``cluster``
+    (:func:`complement_keep`), or the last j."""
+    for j in steps:
+        basis = torch.linalg.qr(torch.cat([fixed, candidates[:, :j]], 1).double())[0].float()
+        if j == steps[-1] or complement_keep(sample, basis, guide, cluster, draw, g) >= target:
+            return basis
+    raise ValueError("no steps to take")
+
+
 def cluster_basis(
     z: torch.Tensor,
     guide: Guide | None,
@@ -100,14 +121,10 @@ def cluster_basis(
     if guide is None or most <= 0:
         return fixed
     active = active_basis(z, guide, cluster, most, exclude=fixed)
-    sample = z[:check]
     # the check draws from its own stream, so that how many checks run does not shift training's
     check_g = torch.Generator().manual_seed(derive_seed(config.seed, "keep", cluster))
-    for j in range(min(config.active_dims, most), most + 1):
-        basis = torch.linalg.qr(torch.cat([fixed, active[:, :j]], 1).double())[0].float()
-        if j == most or complement_keep(sample, basis, guide, cluster, draw, check_g) >= config.keep_target:
-            return basis
-    raise AssertionError("unreachable")
+    steps = list(range(min(config.active_dims, most), most + 1))
+    return grow_until_kept(z[:check], guide, cluster, draw, check_g, fixed, active, steps, config.keep_target)
 
 
 def correction_basis(
@@ -128,14 +145,11 @@ def correction_basis(
     if guide is None or most <= 0 or config.fidelity_target <= 0:
         return z.new_zeros(latent_dim, 0)
     active = active_basis(z, guide, cluster, most, exclude=basis)
-    sample = z[:check]
     check_g = torch.Generator().manual_seed(derive_seed(config.seed, "keep-write", cluster))
-    j = 0
-    while True:
-        full = torch.linalg.qr(torch.cat([basis, active[:, :j]], 1).double())[0].float()
-        if (
-            j >= most
-            or complement_keep(sample, full, guide, cluster, draw, check_g) >= config.fidelity_target
-        ):
-            return full[:, basis.shape[1] :]
-        j = min(most, max(1, 2 * j))
+    steps = [0]
+    while steps[-1] < most:
+        steps.append(min(most, max(1, 2 * steps[-1])))
+    full = grow_until_kept(
+        z[:check], guide, cluster, draw, check_g, basis, active, steps, config.fidelity_target
+    )
+    return full[:, basis.shape[1] :]
