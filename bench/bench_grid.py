@@ -33,22 +33,13 @@ from clusterguide import artifacts
 from clusterguide.fitting import fit_run
 from clusterguide.generators import GeneratorSpec, load_generator
 from clusterguide.generators.base import GeneratorAdapter
-from clusterguide.mapping import MappingConfig
+from clusterguide.mapping import MappingConfig, parse_settings
 from clusterguide.progress import set_progress
 from clusterguide.refine import refine_run
 from clusterguide.run import FitConfig
 
 FIDELITY_GOAL = 0.95
 RECALL_SHARE_GOAL = 0.9  # of the recall an independent exact set reaches (the ceiling)
-
-
-def parse_overrides(items: list[str]) -> dict:
-    out: dict = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        field_type = type(getattr(MappingConfig(), key))
-        out[key] = value.lower() in ("1", "true", "yes") if field_type is bool else field_type(value)
-    return out
 
 
 def judge(rows: list[dict], min_size: int) -> dict:
@@ -184,7 +175,7 @@ def main() -> None:
     )
     ap.add_argument("--samples", type=int, default=20000, help="prior latents per fit (half per refinement)")
     ap.add_argument("--min-size", type=int, default=500, help="clusters with fewer latents are not judged")
-    ap.add_argument("--set", action="append", default=[], help="mapping override key=value (repeatable)")
+    ap.add_argument("--set", action="append", default=[], help="mapping setting name=value (repeatable)")
     ap.add_argument("--out", default="docs/bench/grid")
     ap.add_argument("--table", action="store_true", help="only print the table of finished cells")
     args = ap.parse_args()
@@ -197,7 +188,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = GeneratorSpec(args.generator)
     G = load_generator(spec)
-    overrides = parse_overrides(args.set)
+    overrides = parse_settings(args.set)
     for cell in cells(args):
         path = out_dir / f"{cell['name']}.json"
         if path.exists():

@@ -24,19 +24,10 @@ import torch
 
 from clusterguide.fitting import fit_run
 from clusterguide.generators import GeneratorSpec, load_generator
-from clusterguide.mapping import MappingConfig
+from clusterguide.mapping import MappingConfig, parse_settings
 from clusterguide.progress import set_progress
 from clusterguide.run import FitConfig
 from clusterguide.sampler import ClusterSampler
-
-
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        field_type = type(getattr(MappingConfig(), key))
-        out[key] = value.lower() in ("1", "true", "yes") if field_type is bool else field_type(value)
-    return out
 
 
 def time_sampling(sampler: ClusterSampler, clusters: list[str], n: int, batch: int, repeats: int = 7) -> dict:
@@ -105,7 +96,7 @@ def main() -> int:
     fit_cfg = FitConfig(layer=args.layer, clusters=args.clusters, samples=args.samples, seed=args.seed)
     results = []
     for variant in args.variants.split(","):
-        overrides = parse_overrides(args.set) if variant != "paper" else {"epochs": args.paper_epochs}
+        overrides = parse_settings(args.set) if variant != "paper" else {"epochs": args.paper_epochs}
         cfg = MappingConfig.preset(variant, seed=args.seed, **overrides)
         print(f"== {variant}: {cfg}", flush=True)
         run, _ = fit_run(spec, fit_cfg, cfg, generator=G, log=print)

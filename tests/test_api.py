@@ -27,8 +27,17 @@ def test_importing_the_package_loads_neither_torch_nor_faiss():
 
 
 def test_fit_save_load_name_sample_round_trip(tmp_path):
-    fitted = cg.fit("tiny-dcgan", layer="block1", clusters=3, samples=600, epochs=2, verbose=False)
+    fitted = cg.fit(
+        "tiny-dcgan",
+        layer="block1",
+        clusters=3,
+        samples=600,
+        epochs=2,
+        verbose=False,
+        mapping_settings={"hinge_boost": 2},
+    )
     assert isinstance(fitted, cg.ClusterSampler) and fitted.clusters == ["0", "1", "2"]
+    assert fitted.run.mapping.hinge_boost == 2.0 and fitted.run.mapping.epochs == 2
     with pytest.raises(UserError, match="save the run first"):
         fitted.name("0", "left")
     fitted.save(tmp_path / "run")
@@ -46,6 +55,11 @@ def test_fit_save_load_name_sample_round_trip(tmp_path):
 def test_fit_rejects_options_beside_a_spec():
     with pytest.raises(UserError, match="inside the GeneratorSpec"):
         cg.fit(cg.GeneratorSpec("tiny-dcgan"), layer="block1", clusters=2, checkpoint="x")
+
+
+def test_fit_rejects_an_unknown_mapping_setting():
+    with pytest.raises(UserError, match="unknown mapping setting 'hinge'"):
+        cg.fit("tiny-dcgan", layer="block1", clusters=2, samples=100, mapping_settings={"hinge": 1})
 
 
 def test_no_submodule_shadows_a_top_level_function():

@@ -90,12 +90,30 @@ def test_fit_refuses_to_overwrite_without_force(tmp_path, capsys):
         ),
         (["--generator", "tiny-dcgan", "--layer", "block1", "--clusters", "x"], "not a valid integer"),
         (["--generator", "tiny-dcgan", "--layer", "block1", "--clusters", "2", "--device", "cuda"], "cuda"),
+        (
+            ["--generator", "tiny-dcgan", "--layer", "block1", "--clusters", "2", "--set", "spread=lots"],
+            "mapping setting spread takes a number, not 'lots'",
+        ),
+        (
+            ["--generator", "tiny-dcgan", "--layer", "block1", "--clusters", "2", "--set", "seed=3"],
+            "unknown mapping setting 'seed'",
+        ),
     ],
 )
 def test_fit_bad_input(tmp_path, capsys, args, match):
     assert_user_error(capsys, "fit", *args, "--epochs", "1", "--out", tmp_path / "run", match=match)
     assert not (tmp_path / "run").exists()
     assert list(tmp_path.iterdir()) == []  # no staging folder left either
+
+
+def test_fit_takes_mapping_settings_by_name(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(
+        capsys, *FIT, "--clusters", "2", "--set", "hinge_dims=0", "--set", "spread=0.5", "--out", run_dir
+    )
+    assert code == 0, err
+    mapping = json.loads((run_dir / "config.json").read_text())["mapping"]
+    assert (mapping["hinge_dims"], mapping["spread"], mapping["epochs"]) == (0, 0.5, 2)
 
 
 def test_sample_bad_input(tiny_run, tmp_path, capsys):

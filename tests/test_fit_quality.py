@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from clusterguide.clustering import fit_kmeans
 from clusterguide.errors import UserError
 from clusterguide.fit_metrics import exact_sets, split_reference
 from clusterguide.fitting import sample_prior
-from clusterguide.mapping import MappingConfig, fit_mappings
+from clusterguide.mapping import MappingConfig, check_settings, fit_mappings, parse_settings
 from clusterguide.refine import refine_run
 from clusterguide.run import FitConfig, Run
 from clusterguide.sampler import ClusterSampler
@@ -65,6 +66,26 @@ def test_mapping_config_without_arguments_is_the_fast_recipe_and_trains():
     latents = [torch.randn(40, 6) + 2, torch.randn(300, 6) - 2]
     result = fit_mappings(latents, dataclasses.replace(MappingConfig(), epochs=2, width=16))
     assert len(result.networks) == 2
+
+
+def test_mapping_settings_by_name_are_typed_and_checked():
+    assert parse_settings(["hinge_dims=32", "spread = 0", "residual=false", "nn_backend=torch"]) == {
+        "hinge_dims": 32,
+        "spread": 0.0,
+        "residual": False,
+        "nn_backend": "torch",
+    }
+    assert check_settings({"spread": 2}) == {"spread": 2.0}  # an int where a float goes is fine
+    for items, match in [
+        (["hinge_dims=1.5"], "hinge_dims takes a whole number"),
+        (["residual=maybe"], "residual takes true or false"),
+        (["hinge_dims"], "name=value"),
+        (["recipe=paper"], "unknown mapping setting 'recipe'"),
+    ]:
+        with pytest.raises(UserError, match=match):
+            parse_settings(items)
+    with pytest.raises(UserError, match="hinge_dims takes a whole number"):
+        check_settings({"hinge_dims": True})
 
 
 def test_old_mapping_configs_load_with_their_dropped_fields():
@@ -120,3 +141,23 @@ def test_a_refined_leaf_stays_inside_its_parent_and_itself(tiny_run, tmp_path):
         in_parent = tree.membership(G, z, "0").mean()
         in_leaf = tree.membership(G, z, leaf).mean()  # the whole path: parent and the leaf's own cell
         assert in_parent > 0.9 and in_leaf > 0.8, (leaf, in_parent, in_leaf)
+
+
+def test_the_settings_page_lists_every_setting_with_each_recipes_value():
+    """docs/mapping.md's table must follow the presets: a new or changed setting shows there."""
+    page = (Path(__file__).parents[1] / "docs" / "mapping.md").read_text()
+    rows = {}
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1:4]
+    presets = [MappingConfig.preset(r) for r in ("fast", "residual", "paper")]
+    names = [f.name for f in dataclasses.fields(MappingConfig) if f.name not in ("recipe", "seed")]
+    assert sorted(rows) == sorted(names)
+    for name in names:
+        for cell, preset in zip(rows[name], presets):
+            value = getattr(preset, name)
+            if isinstance(value, bool):
+                assert cell == str(value).lower(), (name, preset.recipe)
+            else:
+                assert type(value)(cell) == value, (name, preset.recipe)

@@ -140,6 +140,8 @@ def test_refine_cli(run_dir, capsys):
             "80",
             "--epochs",
             "1",
+            "--set",
+            "spread=0",
             "-q",
         ]
     )
@@ -148,8 +150,9 @@ def test_refine_cli(run_dir, capsys):
     assert "refined cluster 0 at block2 into 0/0, 0/1: 80 latents from" in out
     run = Run.load(run_dir)
     assert run.leaves() == ["0/0", "0/1", "1", "2"]
-    # the override holds for this split only
+    # the overrides hold for this split only
     assert run.history[-1]["mapping"]["epochs"] == 1 and run.mapping.epochs == 3
+    assert run.history[-1]["mapping"]["spread"] == 0.0 and run.mapping.spread == 1.0
 
 
 def test_refine_again_needs_force_and_drops_the_subtree(tree_dir, tmp_path, capsys):
@@ -222,6 +225,10 @@ def test_collect_latents_is_reproducible_and_counts_draws(fitted):
         (
             ["--cluster", "1", "--layer", "block2", "--clusters", "2", "--epochs", "0"],
             "--epochs must be at least 1",
+        ),
+        (
+            ["--cluster", "1", "--layer", "block2", "--clusters", "2", "--set", "hinge_dim=4"],
+            "unknown mapping setting 'hinge_dim'",
         ),
         # cluster 1 holds about half of the prior: 1000 of its latents need ~2000 draws
         (

@@ -41,6 +41,7 @@ def fit(
     reduce: int | None = None,
     workers: int = 1,
     ray: str | None = None,
+    mapping_settings: dict[str, Any] | None = None,
 ) -> ClusterSampler:
     """Cluster ``generator``'s representations at ``layer`` into ``clusters`` groups and learn a
     mapping per cluster (Algorithm 1; ``mapping="paper"`` for the published recipe).
@@ -53,11 +54,14 @@ def fit(
     Large fits: ``reduce`` clusters a PCA of the features with that many axes (``None``: only when
     the full features would pass 2 GiB; ``0``: never), ``workers`` local processes or a Ray cluster
     (``ray="auto"`` or an address) compute the features (docs/scale.md).
+
+    ``mapping_settings`` overrides fields of the recipe's :class:`~clusterguide.mapping.MappingConfig`
+    by name (e.g. ``{"hinge_dims": 32}``; docs/mapping.md lists them).
     """
     from clusterguide.executor import Backend, check_backend
     from clusterguide.fitting import fit_run
     from clusterguide.large_fit import ScaleOptions
-    from clusterguide.mapping import MappingConfig
+    from clusterguide.mapping import MappingConfig, check_settings
     from clusterguide.progress import set_progress
     from clusterguide.run import FitConfig
 
@@ -71,7 +75,8 @@ def fit(
     fit_cfg = FitConfig(
         layer=layer, clusters=clusters, samples=samples, seed=seed, class_label=class_label, pool=pool
     )
-    map_cfg = MappingConfig.preset(mapping, epochs=epochs, seed=seed)
+    settings = check_settings(dict(mapping_settings or {}))
+    map_cfg = MappingConfig.preset(mapping, **{"epochs": epochs, **settings, "seed": seed})
     check_backend(workers, ray)
     scale = ScaleOptions(reduce, Backend(workers=workers, ray=ray, device=device), spec)
     if not verbose:

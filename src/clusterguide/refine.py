@@ -30,7 +30,7 @@ from clusterguide import __version__, artifacts
 from clusterguide.errors import UserError
 from clusterguide.fitting import split_cluster
 from clusterguide.generators.base import GeneratorAdapter
-from clusterguide.mapping import MappingConfig
+from clusterguide.mapping import MappingConfig, check_settings
 from clusterguide.progress import bar
 from clusterguide.run import Run, names_lock
 from clusterguide.seeding import refinement_stream
@@ -117,6 +117,7 @@ def refine_run(
     device: str = "cpu",
     recipe: str | None = None,
     epochs: int | None = None,
+    settings: dict | None = None,
     force: bool = False,
     max_draws: int = DEFAULT_MAX_DRAWS,
     log: Log = print,
@@ -125,8 +126,8 @@ def refine_run(
     """Split ``cluster`` (a path or a name) of the run at ``run_dir`` into ``k`` children at ``layer``,
     learn a mapping per child, and save the run folder in place.
 
-    ``seed`` defaults to the run's seed; ``recipe``/``epochs`` override the run's mapping settings
-    for this split only (recorded in the run's history). With ``force`` an existing split of the
+    ``seed`` defaults to the run's seed; ``recipe``, ``epochs`` and ``settings`` (mapping fields by
+    name, e.g. ``{"hinge_dims": 32}``) override the run's mapping settings for this split only (recorded in the run's history). With ``force`` an existing split of the
     cluster is replaced, and everything under it (mappings, names, metrics) is dropped.
     """
     from clusterguide.sampler import ClusterSampler
@@ -143,6 +144,7 @@ def refine_run(
         raise UserError(f"--epochs must be at least 1 (got {epochs})")
     if max_draws < 1:
         raise UserError(f"--max-draws must be at least 1 (got {max_draws})")
+    settings = check_settings(dict(settings or {}))
     config_sha = _config_sha(run_dir)
     if generator is None:
         sampler = ClusterSampler.load(run_dir, device=device)
@@ -169,7 +171,7 @@ def refine_run(
     )
 
     dropped = _drop_subtree(run, path)
-    mapping = _mapping_config(run.mapping, recipe, epochs)
+    mapping = _mapping_config(run.mapping, recipe, {"epochs": epochs, **settings})
     fit_mapping, run.mapping = run.mapping, mapping  # split_cluster reads run.mapping
     try:
         timings = split_cluster(G, run, path, latents, layer, k, seed, log)
@@ -197,10 +199,13 @@ def refine_run(
     return RefineOutput(run, path, run.tree.children(path), layer, drawn, samples, seconds)
 
 
-def _mapping_config(base: MappingConfig, recipe: str | None, epochs: int | None) -> MappingConfig:
+def _mapping_config(base: MappingConfig, recipe: str | None, overrides: dict) -> MappingConfig:
+    """The children's mapping settings: another recipe's, or the run's, with ``overrides``
+    (None values keep the recipe's)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     if recipe is not None and recipe != base.recipe:
-        return MappingConfig.preset(recipe, epochs=epochs, seed=base.seed)
-    return dataclasses.replace(base, epochs=epochs) if epochs is not None else base
+        return MappingConfig.preset(recipe, **overrides, seed=base.seed)
+    return dataclasses.replace(base, **overrides)
 
 
 def _drop_subtree(run: Run, path: str) -> set[str]:

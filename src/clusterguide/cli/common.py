@@ -137,6 +137,16 @@ def family_options(latent_space: str | None, truncation: float | None) -> dict:
     }
 
 
+# Any field of the mapping's settings by name, beside the few with options of their own.
+mapping_settings_option = click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Mapping setting by name, e.g. --set hinge_dims=32 (repeatable; docs/mapping.md lists them).",
+)
+
+
 def quiet_option(f):
     @click.option(
         "--quiet", "-q", is_flag=True, help="No progress bars (or, without a terminal, stage lines)."

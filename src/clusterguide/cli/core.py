@@ -22,6 +22,7 @@ from clusterguide.cli.common import (
     Whole,
     family_options,
     generator_options,
+    mapping_settings_option,
     output_file,
     quiet_option,
 )
@@ -61,8 +62,9 @@ def layers(generator, checkpoint, latent_space, truncation, device):
     "--epochs",
     type=EPOCHS,
     default=None,
-    help="Mapping epochs (default: the recipe's; fast trains up to 2x as many while a cluster misses 97% fidelity).",
+    help="Mapping epochs (default: the recipe's; fast trains up to 2x as many while a cluster misses 95% fidelity).",
 )
+@mapping_settings_option
 @click.option(
     "--class",
     "class_label",
@@ -96,6 +98,7 @@ def fit(
     seed,
     recipe,
     epochs,
+    settings,
     class_label,
     pool,
     device,
@@ -110,7 +113,7 @@ def fit(
     from clusterguide.executor import Backend, check_backend
     from clusterguide.fitting import fit_run
     from clusterguide.large_fit import ScaleOptions
-    from clusterguide.mapping import MappingConfig
+    from clusterguide.mapping import MappingConfig, parse_settings
     from clusterguide.run import FitConfig
 
     out_dir = Path(out)
@@ -119,13 +122,14 @@ def fit(
     check_folder_target(out_dir, overwrite=True, kind=FORMAT)  # before minutes of work, not after
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs must be at least 1 (got {epochs})")
+    overrides = parse_settings(settings)
     check_backend(workers, ray_address)  # an unreachable --ray fails here, not after the sampling
     spec = GeneratorSpec(generator, checkpoint, family_options(latent_space, truncation))
     scale = ScaleOptions(reduce, Backend(workers=workers, ray=ray_address, device=device), spec)
     fit_cfg = FitConfig(
         layer=layer, clusters=k, samples=samples, seed=seed, class_label=class_label, pool=pool
     )
-    map_cfg = MappingConfig.preset(recipe, epochs=epochs, seed=seed)
+    map_cfg = MappingConfig.preset(recipe, **{"epochs": epochs, **overrides, "seed": seed})
     run, _ = fit_run(
         spec, fit_cfg, map_cfg, device=device, log=lambda m: click.echo(m, err=True), scale=scale
     )

@@ -19,6 +19,7 @@ from clusterguide.cli.common import (
     Whole,
     family_options,
     generator_options,
+    mapping_settings_option,
     output_file,
     quiet_option,
 )
@@ -56,6 +57,7 @@ GENERATOR_FLAGS = {
     help="Mapping recipe for the children (default: the run's).",
 )
 @click.option("--epochs", type=EPOCHS, default=None, help="Mapping epochs (default: the run's).")
+@mapping_settings_option
 @click.option(
     "--max-draws",
     type=Whole(1, MAX_DRAWS),
@@ -66,10 +68,11 @@ GENERATOR_FLAGS = {
 @click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--force", is_flag=True, help="Replace an existing split of the cluster and all under it.")
 @quiet_option
-def refine(run_dir, cluster, layer, k, samples, seed, recipe, epochs, max_draws, device, force):
+def refine(run_dir, cluster, layer, k, samples, seed, recipe, epochs, settings, max_draws, device, force):
     """Split one cluster of a run again at another layer (a cluster tree, paper §4.3)."""
     from clusterguide.artifacts import FORMAT, check_folder_target
     from clusterguide.display import metrics_table
+    from clusterguide.mapping import parse_settings
     from clusterguide.refine import refine_run
 
     if Path(run_dir).is_dir():  # refine replaces the folder: check it can, before minutes of work
@@ -84,6 +87,7 @@ def refine(run_dir, cluster, layer, k, samples, seed, recipe, epochs, max_draws,
         device=device,
         recipe=recipe,
         epochs=epochs,
+        settings=parse_settings(settings),
         force=force,
         max_draws=max_draws,
         log=lambda m: click.echo(m, err=True),

@@ -48,7 +48,7 @@ from clusterguide.mapping.bases import (
 from clusterguide.mapping.inputs import Guide, Prior, draw_inputs, standard_normal
 from clusterguide.mapping.matching import conditional_matches, pool_matches
 from clusterguide.mapping.networks import BatchedMapping, MappingNetwork, make_network
-from clusterguide.mapping.recipes import RECIPES, MappingConfig, check_recipe
+from clusterguide.mapping.recipes import RECIPES, MappingConfig, check_recipe, check_settings, parse_settings
 from clusterguide.mapping.training import MappingResult, fit_mappings
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "Prior",
     "active_basis",
     "check_recipe",
+    "check_settings",
     "cluster_basis",
     "complement_keep",
     "conditional_matches",
@@ -69,6 +70,7 @@ __all__ = [
     "fit_mappings",
     "make_network",
     "moment_basis",
+    "parse_settings",
     "pool_matches",
     "standard_normal",
     "subspace_of",

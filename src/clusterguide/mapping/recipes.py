@@ -3,7 +3,8 @@ presets hold every recipe's settings in one place (saved with every run)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields, replace
 
 from clusterguide.errors import UserError
 
@@ -14,6 +15,54 @@ def check_recipe(recipe: str) -> str:
     if recipe not in RECIPES:
         raise UserError(f"unknown mapping recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     return recipe
+
+
+# Settings with an option of their own (--mapping, --seed), not set by name.
+NOT_SETTINGS = ("recipe", "seed")
+KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+
+
+def check_settings(settings: dict) -> dict:
+    """``settings`` (field name -> value) as overrides of a recipe, or a one-line error naming
+    an unknown field or a value of the wrong type."""
+    known = {f.name: f for f in fields(MappingConfig) if f.name not in NOT_SETTINGS}
+    defaults = MappingConfig()
+    out = {}
+    for name, value in settings.items():
+        if name not in known:
+            raise UserError(f"unknown mapping setting {name!r}; known: {', '.join(sorted(known))}")
+        kind = type(getattr(defaults, name))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise UserError(f"mapping setting {name} takes {KIND_NAMES[kind]}, not {value!r}")
+        out[name] = value
+    return out
+
+
+def parse_settings(items: Iterable[str]) -> dict:
+    """``name=value`` strings (the CLI's ``--set``) as checked overrides of a recipe, each value
+    read as its field's type."""
+    defaults = MappingConfig()
+    parsed: dict = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or not name:
+            raise UserError(f"a mapping setting is name=value, e.g. hinge_dims=32 (got {item!r})")
+        kind = type(getattr(defaults, name, None))
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                parsed[name] = text.lower() in ("true", "1", "yes")
+            elif kind in (int, float):
+                parsed[name] = kind(text)
+            else:
+                parsed[name] = text
+        except ValueError:
+            raise UserError(f"mapping setting {name} takes {KIND_NAMES[kind]}, not {text!r}") from None
+    return check_settings(parsed)
 
 
 # Fields older run folders may hold that no recipe used, with the only value any run gave them;
