@@ -76,6 +76,9 @@ ADDED_FIELDS = {
     "hinge_dims": 0,
     "spread": 0.0,
     "hinge_boost": 1.0,
+    "hinge_step": 1.0,
+    "hinge_boost_max": 30.0,
+    "fidelity_check": 0,
 }
 
 
@@ -109,13 +112,21 @@ class MappingConfig:
     max_epoch_factor: float = 2.0
     # fast: at most this many further boundary directions the mapping writes to but does not draw
     # in, added until redrawing the rest keeps `fidelity_target` (0 = none)
-    hinge_dims: int = 16
+    hinge_dims: int = 64
     # fast: weight of matching the mapped samples' mean and covariance on U_c and the correction
     # directions to the cluster's own
     spread: float = 1.0
     # fast: a cluster's hinge weight, from 1 (its share inside halfway from `fidelity_target` to
     # 100% or more) up to this factor (at the target or below); 1 = the same weight for all
     hinge_boost: float = 3.0
+    # fast: each epoch, a cluster's top hinge weight goes up by this factor while its share inside
+    # is below `fidelity_target` and down once it is a point above, within `hinge_boost` ..
+    # `hinge_boost_max` (1 = a fixed weight)
+    hinge_step: float = 1.25
+    hinge_boost_max: float = 30.0
+    # fast: fresh samples per cluster mapped in evaluation mode each epoch, whose share inside
+    # steers the weights and the stop (0 = the hinge's own training-mode samples)
+    fidelity_check: int = 256
     min_steps: int = 10  # fast/residual: optimiser steps per epoch at least (small clusters, refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0
@@ -142,6 +153,8 @@ class MappingConfig:
                 hinge_dims=0,
                 spread=0.0,
                 hinge_boost=1.0,
+                hinge_step=1.0,
+                fidelity_check=0,
             ),
             "fast": MappingConfig(),
             "residual": MappingConfig(
@@ -157,6 +170,8 @@ class MappingConfig:
                 hinge_dims=0,
                 spread=0.0,
                 hinge_boost=1.0,
+                hinge_step=1.0,
+                fidelity_check=0,
             ),
         }
         return replace(presets[check_recipe(recipe)], **{k: v for k, v in overrides.items() if v is not None})
