@@ -102,6 +102,12 @@ def test_a_fast_config_saved_before_the_correction_directions_trains_as_it_did()
         del saved[name]
     loaded = MappingConfig.from_json(saved)
     assert (loaded.fidelity_target, loaded.hinge_dims, loaded.spread) == (0.0, 0, 0.0)
+    # one saved with round three's fields but before the steered weights keeps fixed weights
+    saved = MappingConfig.preset("fast").to_json()
+    for name in ("hinge_step", "hinge_boost_max", "fidelity_check"):
+        del saved[name]
+    loaded = MappingConfig.from_json(saved)
+    assert (loaded.hinge_step, loaded.fidelity_check, loaded.hinge_dims) == (1.0, 0, 64)
     assert MappingConfig.from_json(MappingConfig().to_json()) == MappingConfig()
 
 

@@ -375,3 +375,42 @@ def test_hinge_weights_grow_as_a_cluster_nears_or_falls_short_of_the_target():
 
     w = hinge_weights(torch.tensor([1.0, 0.98, 0.9625, 0.95, 0.90, 0.5]), target=0.95, most=3.0)
     assert torch.allclose(w, torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0, 3.0]))
+
+
+def test_steered_weights_rise_while_a_cluster_is_short_and_fall_once_it_is_past():
+    from clusterguide.mapping.training import steer_boost
+
+    config = MappingConfig(fidelity_target=0.95, hinge_boost=3.0, hinge_step=2.0, hinge_boost_max=10.0)
+    most = torch.tensor([3.0, 8.0, 8.0, 8.0, 4.0])
+    inside = torch.tensor([0.90, 0.90, 0.955, 0.99, 0.99])
+    # short: up (capped at 10); within a point above: kept; further above: down (floored at 3)
+    assert torch.allclose(steer_boost(most, inside, config), torch.tensor([6.0, 10.0, 8.0, 4.0, 3.0]))
+    fixed = dataclasses.replace(config, hinge_step=1.0)
+    assert torch.equal(steer_boost(most, inside, fixed), most)
+
+
+def test_the_fidelity_check_maps_as_the_sampler_does():
+    from clusterguide.mapping.training import inside_share
+
+    g = torch.Generator().manual_seed(0)
+    model = BatchedMapping(2, 4, 8, 4, residual=True, generator=g)
+    with torch.no_grad():  # a last layer that moves every sample along the first axis
+        model.w3.copy_(torch.randn(model.w3.shape, generator=g))
+        model.mean1.fill_(5.0)  # running statistics far from any batch's: only eval mode uses them
+    model.train()
+
+    def guide(z):  # cluster 0: first coordinate below 0, cluster 1: above
+        return torch.stack([-z[:, 0], z[:, 0]], 1)
+
+    share = inside_share(model, guide, 2, standard_normal(4), torch.Generator().manual_seed(1), "cpu", 500)
+    assert model.training  # left as it was
+    model.eval()
+    e = standard_normal(4)(1000, torch.Generator().manual_seed(1)).reshape(2, 500, 4)
+    with torch.no_grad():
+        mapped = model(e)
+    expected = torch.stack([(mapped[0, :, 0] < 0).float().mean(), (mapped[1, :, 0] > 0).float().mean()])
+    assert torch.allclose(share, expected)
+    model.train()
+    with torch.no_grad():
+        train_mode = model(e)
+    assert not torch.allclose(train_mode, mapped)  # the check would differ in training mode

@@ -22,9 +22,11 @@ Three recipes share one network shape (3 bias-free fully connected layers, batch
   pull strays in there instead of bending U_c's coordinates. The hinge alone contracts the whole
   mapping (its samples sit twice as deep inside as exact ones), so a ``spread`` term matches the
   mapped samples' mean and covariance in the subspace to the cluster's own (estimated without
-  bias from two halves of the batch). All sibling clusters train at once as one batched
-  network, for ``epochs`` and up to twice as many while some cluster's fresh samples land inside
-  it less often than ``fidelity_target``.
+  bias from two halves of the batch). Each cluster's hinge weight is steered epoch by epoch:
+  up while its share of fresh samples inside (mapped in evaluation mode, as the sampler maps
+  them) is below ``fidelity_target``, down again once it is past. All sibling clusters train at
+  once as one batched network, for ``epochs`` and up to twice as many while some cluster is
+  still short of the target.
 - ``residual``: the previous default, kept for comparison: a full-space residual mapping with
   pool-based IMLE (Gamma = 4 x size, refreshed every 5 epochs), a strong consistency hinge and a
   norm-inflation penalty. It keeps fidelity and norm but overshoots into the cluster's interior,
