@@ -50,14 +50,17 @@ def parse_settings(items: Iterable[str]) -> dict:
         name, text = name.strip(), text.strip()
         if not sep or not name:
             raise UserError(f"a mapping setting is name=value, e.g. hinge_dims=32 (got {item!r})")
-        kind = type(getattr(defaults, name, None))
+        # an unknown name is kept as text: check_settings names it in its error
+        kind = type(getattr(defaults, name)) if hasattr(defaults, name) else str
         try:
             if kind is bool:
                 if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(text)
                 parsed[name] = text.lower() in ("true", "1", "yes")
-            elif kind in (int, float):
-                parsed[name] = kind(text)
+            elif kind is int:
+                parsed[name] = int(text)
+            elif kind is float:
+                parsed[name] = float(text)
             else:
                 parsed[name] = text
         except ValueError:
