@@ -336,6 +336,12 @@ def _fit_batched(
     most = torch.full((k,), config.hinge_boost)
     # the fidelity check draws from its own stream, so that it does not shift training's
     check_g = torch.Generator().manual_seed(derive_seed(config.seed, "fidelity-check"))
+    # the check's share is an estimate: stop only once every cluster's is a standard error past
+    # the target (its binomial noise at the target for that many samples), not at it by chance
+    target = config.fidelity_target
+    stop_at = target + (
+        math.sqrt(target * (1 - target) / config.fidelity_check) if config.fidelity_check > 0 else 0.0
+    )
     epoch = 0
     with bar(most_epochs, desc=desc, unit="epoch") as b:
         while epoch < most_epochs:
@@ -384,7 +390,7 @@ def _fit_batched(
             epoch += 1
             b.update(1)
             b.set_postfix_str(f"loss {sum(losses) / k:.3f}")
-            if epoch >= config.epochs and (not extend or float(inside.min()) >= config.fidelity_target):
+            if epoch >= config.epochs and (not extend or float(inside.min()) >= stop_at):
                 break
     model.eval()
     return [model.export(c) for c in range(k)], losses, epoch
