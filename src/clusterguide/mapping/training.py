@@ -340,7 +340,9 @@ def _fit_batched(
     # the target (its binomial noise at the target for that many samples), not at it by chance
     target = config.fidelity_target
     stop_at = target + (
-        math.sqrt(target * (1 - target) / config.fidelity_check) if config.fidelity_check > 0 else 0.0
+        math.sqrt(max(target * (1 - target), 0.0) / config.fidelity_check)
+        if config.fidelity_check > 0
+        else 0.0
     )
     epoch = 0
     with bar(most_epochs, desc=desc, unit="epoch") as b:
