@@ -86,6 +86,26 @@ def test_mapping_settings_by_name_are_typed_and_checked():
             parse_settings(items)
     with pytest.raises(UserError, match="hinge_dims takes a whole number"):
         check_settings({"hinge_dims": True})
+    for items, match in [
+        (["epochs=0"], "epochs must be between 1 and"),
+        (["batch_size=0"], "batch_size must be between 2 and"),
+        (["lr=-1"], "lr must be between"),
+        (["spread=nan"], "spread must be between"),
+        (["fidelity_target=1.5"], "fidelity_target must be between 0 and 1"),
+        (["width=100000000"], "width must be between 1 and 16384"),
+        (["nn_backend=gpu"], "nn_backend is one of auto, faiss, torch"),
+    ]:
+        with pytest.raises(UserError, match=match):
+            parse_settings(items)
+    # every setting by name has a range or a set of choices, and every recipe's values are in them
+    from clusterguide.mapping.recipes import NOT_SETTINGS, SETTING_CHOICES, SETTING_RANGES
+
+    numeric = {f.name for f in dataclasses.fields(MappingConfig) if f.type in ("int", "float")}
+    assert numeric - set(NOT_SETTINGS) == set(SETTING_RANGES)
+    for recipe in ("fast", "residual", "paper"):
+        preset = MappingConfig.preset(recipe).to_json()
+        settings = {k: v for k, v in preset.items() if k in SETTING_RANGES or k in SETTING_CHOICES}
+        assert check_settings(settings) == settings
 
 
 def test_old_mapping_configs_load_with_their_dropped_fields():

@@ -127,8 +127,9 @@ def refine_run(
     learn a mapping per child, and save the run folder in place.
 
     ``seed`` defaults to the run's seed; ``recipe``, ``epochs`` and ``settings`` (mapping fields by
-    name, e.g. ``{"hinge_dims": 32}``) override the run's mapping settings for this split only (recorded in the run's history). With ``force`` an existing split of the
-    cluster is replaced, and everything under it (mappings, names, metrics) is dropped.
+    name, e.g. ``{"hinge_dims": 32}``) override the run's mapping settings for this split only
+    (recorded in the run's history). With ``force`` an existing split of the cluster is replaced,
+    and everything under it (mappings, names, metrics) is dropped.
     """
     from clusterguide.sampler import ClusterSampler
 

@@ -20,11 +20,39 @@ def check_recipe(recipe: str) -> str:
 # Settings with an option of their own (--mapping, --seed), not set by name.
 NOT_SETTINGS = ("recipe", "seed")
 KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+BIG = 65_536  # sizes and counts past this are a typo, not a setting
+# The values a setting by name may take (inclusive); a NaN is in no range.
+SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "epochs": (1, 100_000),
+    "gamma": (1e-6, 1_000),
+    "width": (1, 16_384),
+    "batch_size": (2, BIG),  # batch norm needs two rows
+    "lr": (1e-12, 10),
+    "staleness": (1, BIG),
+    "consistency": (0, 1e6),
+    "guide_batch": (2, BIG),
+    "inflation": (0, 1e6),
+    "moment_dims": (0, BIG),
+    "active_dims": (0, BIG),
+    "max_active_dims": (0, BIG),
+    "keep_target": (0, 1),
+    "candidates": (1, BIG),
+    "fidelity_target": (0, 1),
+    "max_epoch_factor": (1, 1_000),
+    "hinge_dims": (0, BIG),
+    "spread": (0, 1e6),
+    "hinge_boost": (1, 1e6),
+    "hinge_step": (1, 1e3),
+    "hinge_boost_max": (1, 1e6),
+    "fidelity_check": (0, BIG),
+    "min_steps": (0, BIG),
+}
+SETTING_CHOICES = {"nn_backend": ("auto", "faiss", "torch")}
 
 
 def check_settings(settings: dict) -> dict:
     """``settings`` (field name -> value) as overrides of a recipe, or a one-line error naming
-    an unknown field or a value of the wrong type."""
+    an unknown field, a value of the wrong type or one out of its range."""
     known = {f.name: f for f in fields(MappingConfig) if f.name not in NOT_SETTINGS}
     defaults = MappingConfig()
     out = {}
@@ -36,6 +64,16 @@ def check_settings(settings: dict) -> dict:
             value = float(value)
         if type(value) is not kind:
             raise UserError(f"mapping setting {name} takes {KIND_NAMES[kind]}, not {value!r}")
+        if name in SETTING_RANGES:
+            low, high = SETTING_RANGES[name]
+            if not low <= value <= high:
+                raise UserError(
+                    f"mapping setting {name} must be between {low:g} and {high:g} (got {value!r})"
+                )
+        if name in SETTING_CHOICES and value not in SETTING_CHOICES[name]:
+            raise UserError(
+                f"mapping setting {name} is one of {', '.join(SETTING_CHOICES[name])} (got {value!r})"
+            )
         out[name] = value
     return out
 
