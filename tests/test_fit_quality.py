@@ -128,6 +128,12 @@ def test_a_fast_config_saved_before_the_correction_directions_trains_as_it_did()
         del saved[name]
     loaded = MappingConfig.from_json(saved)
     assert (loaded.hinge_step, loaded.fidelity_check, loaded.hinge_dims) == (1.0, 0, 64)
+    # one saved before round five: all clusters stop together on the last epoch, and a short
+    # cluster's weight rises every epoch
+    saved = MappingConfig.preset("fast").to_json()
+    del saved["cluster_stop"], saved["steer_on_stall"]
+    old = dataclasses.replace(MappingConfig(), cluster_stop=False, steer_on_stall=False)
+    assert MappingConfig.from_json(saved) == old
     assert MappingConfig.from_json(MappingConfig().to_json()) == MappingConfig()
 
 

@@ -3,7 +3,7 @@
 ``tests/fixtures/reference/<family>/`` holds a small checkpoint in the publisher's own file format,
 written by the publisher's code, and that code's outputs for fixed latents (``reference.npz``);
 ``tools/make_reference_fixtures.py`` made them and says how. Nothing here needs the publishers' code.
-Every comparison is the maximum absolute difference, at most 1e-5 on CPU.
+Every comparison is the maximum absolute difference, at most 1e-4 on CPU.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.convert import convert_stylegan2
 
 ROOT = Path(__file__).parent / "fixtures" / "reference"
-TOL = 1e-5
+# Outputs are O(1). float32 sums run in another order on CPUs with other vector units: the same
+# code and weights gave differences up to 3.7e-5 through PGAN's layers on one CI machine and under
+# 1e-5 on another. A wrong layer, weight or scale differs by 1e-2 or more.
+TOL = 1e-4
 FAMILIES = ["pgan", "stylegan2-ada", "stylegan3-t", "stylegan3-r", "biggan-deep", "rosinality"]
 STYLEGAN = ["stylegan2-ada", "stylegan3-t", "stylegan3-r", "rosinality"]
 

@@ -352,6 +352,111 @@ def test_a_fidelity_target_extends_training_only_while_it_is_missed(tiny_cluster
     assert off.epochs == 2  # no target: exactly epochs
 
 
+def test_each_cluster_keeps_the_state_of_the_epoch_it_stopped(tiny_clusters):
+    G, z, km, split = tiny_clusters
+    latents = [z[torch.from_numpy(km.labels == c)] for c in range(3)]
+    base = dict(epochs=2, width=32, batch_size=64, max_epoch_factor=3.0)
+    guide = make_guide(G, split)
+    unreachable = fit_mappings(latents, MappingConfig(fidelity_target=1.01, **base), guide=guide)
+    # never past the target: every cluster keeps its best epoch from `epochs` on
+    assert unreachable.epochs == 6 and all(2 <= e <= 6 for e in unreachable.stopped_at)
+    met = fit_mappings(latents, MappingConfig(fidelity_target=0.01, **base), guide=guide)
+    assert met.stopped_at == [2, 2, 2]
+    together = MappingConfig(fidelity_target=1.01, cluster_stop=False, **base)
+    assert fit_mappings(latents, together, guide=guide).stopped_at == [6, 6, 6]  # the last epoch
+
+
+def test_cluster_state_round_trips_one_cluster_and_leaves_the_others():
+    model = BatchedMapping(3, 4, 8, 4, True, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.w3.normal_(generator=torch.Generator().manual_seed(1))
+    before = {n: getattr(model, n).clone() for n in model.PER_CLUSTER}
+    state = model.cluster_state(1)
+    with torch.no_grad():
+        for n in model.PER_CLUSTER:
+            getattr(model, n).add_(1.0)
+    model.load_cluster_state(1, state)
+    for n in model.PER_CLUSTER:
+        assert torch.equal(getattr(model, n)[1], before[n][1]), n
+        assert torch.equal(getattr(model, n)[0], before[n][0] + 1), n
+
+
+def test_a_cluster_stops_at_its_first_confirmed_pass_and_one_that_never_does_keeps_its_best():
+    from clusterguide.mapping.training import ClusterStops
+
+    model = BatchedMapping(3, 4, 8, 4, True, torch.Generator().manual_seed(0))
+    stops = ClusterStops(target=0.95, checked=256, confirm=1024)
+    asked = []
+
+    def more(shares):
+        def draw(n):
+            asked.append(n)
+            return torch.tensor(shares)
+
+        return draw
+
+    def mark(value):
+        with torch.no_grad():
+            model.w3.fill_(value)
+
+    mark(1.0)
+    # cluster 0 passes and is confirmed; 1 passes the check (0.97 >= 0.964) but not the pooled
+    # 1,280 samples (0.938); 2 is short
+    assert stops.update(model, 15, torch.tensor([0.99, 0.97, 0.90]), more([0.97, 0.93, 0.5])) == [0]
+    assert asked == [1024] and stops.active(3).tolist() == [False, True, True]
+    mark(2.0)
+    # nothing passes: no confirmation drawn; 2's best moves to this epoch, 1's stays at 15
+    assert stops.update(model, 16, torch.tensor([0.5, 0.92, 0.93]), more([0.0, 0.0, 0.0])) == []
+    assert asked == [1024] and not stops.done(3)
+    mark(3.0)
+    assert stops.restore(model, 16) == [15, 15, 16]
+    assert [float(model.w3[c].detach().mean()) for c in range(3)] == [1.0, 1.0, 2.0]
+    mark(4.0)
+    stops.update(model, 17, torch.tensor([0.5, 0.99, 0.99]), more([0.0, 0.99, 0.99]))
+    assert stops.done(3)
+
+
+def test_stopped_clusters_leave_the_hinge_and_the_others_train_as_before(tiny_clusters):
+    from clusterguide.mapping.training import _consistency
+
+    G, _, _, split = tiny_clusters
+    calls = []
+
+    def guide(z):
+        calls.append(z.shape[0])
+        return make_guide(G, split)(z)
+
+    cfg = MappingConfig(guide_batch=48)
+    model = BatchedMapping(3, 16, 32, 16, True, torch.Generator().manual_seed(0)).eval()
+    with torch.no_grad():
+        model.w3.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+
+    def run(active):
+        model.zero_grad()
+        hinge, inside, _ = _consistency(
+            model,
+            guide,
+            3,
+            cfg,
+            standard_normal(16),
+            torch.Generator().manual_seed(1),
+            "cpu",
+            torch.ones(3),
+            None,
+            active,
+        )
+        hinge.backward()
+        return inside, model.w3.grad.clone()
+
+    inside_all, grad_all = run(None)
+    calls.clear()
+    inside_some, grad_some = run(torch.tensor([True, False, True]))
+    assert calls[0] == 2 * 48  # the no-grad pass skips cluster 1's samples
+    assert inside_some[1] == 1 and torch.allclose(inside_some[[0, 2]], inside_all[[0, 2]])
+    assert torch.allclose(grad_some[[0, 2]], grad_all[[0, 2]], atol=1e-6)
+    assert float(grad_some[1].abs().sum()) == 0 and float(grad_all[1].abs().sum()) > 0
+
+
 def test_spread_is_unbiased_at_the_clusters_own_moments_and_positive_when_contracted():
     from clusterguide.mapping.training import _spread
 
@@ -387,6 +492,9 @@ def test_steered_weights_rise_while_a_cluster_is_short_and_fall_once_it_is_past(
     assert torch.allclose(steer_boost(most, inside, config), torch.tensor([6.0, 10.0, 8.0, 4.0, 3.0]))
     fixed = dataclasses.replace(config, hinge_step=1.0)
     assert torch.equal(steer_boost(most, inside, fixed), most)
+    # on stall only: a short cluster whose share rose keeps its weight; letting go is unchanged
+    rising = torch.tensor([True, False, True, True, False])
+    assert torch.allclose(steer_boost(most, inside, config, rising), torch.tensor([3.0, 10.0, 8.0, 4.0, 3.0]))
 
 
 def test_the_fidelity_check_maps_as_the_sampler_does():

@@ -106,13 +106,16 @@ def split_cluster(
         for i, net in zip(train, result.networks):
             run.mappings[child_path(parent, i)] = net
         mapping_seconds, epochs = result.seconds, result.epochs
+        # the epoch whose state each mapping keeps (earlier than `epochs` where it stopped on its own)
+        stopped_at = {child_path(parent, i): e for i, e in zip(train, result.stopped_at)}
     else:
-        mapping_seconds, epochs = 0.0, 0
+        mapping_seconds, epochs, stopped_at = 0.0, 0, {}
     timings = {
         "features_s": features_s,
         "kmeans_s": kmeans_s,
         "mappings_s": mapping_seconds,
         "epochs": epochs,
+        "stopped_at": stopped_at,
     }
     rows = measure_clusters(G, run, children, latents, km.labels)
     by_id = {r["id"]: r for r in run.metrics.get("clusters", [])}

@@ -88,6 +88,19 @@ class BatchedMapping(nn.Module):
         self.eps = 1e-5
         self.steps = 0
 
+    # the parameters and buffers that hold one slice per cluster (the basis is fixed)
+    PER_CLUSTER = ("w1", "w2", "w3", "g1", "b1", "g2", "b2", "mean1", "var1", "mean2", "var2")
+
+    def cluster_state(self, c: int) -> dict[str, torch.Tensor]:
+        """A copy of cluster c's weights and batch-norm statistics (see :meth:`load_cluster_state`)."""
+        return {name: getattr(self, name)[c].detach().clone() for name in self.PER_CLUSTER}
+
+    @torch.no_grad()
+    def load_cluster_state(self, c: int, state: dict[str, torch.Tensor]) -> None:
+        """Cluster c back to a state :meth:`cluster_state` took; the other clusters are untouched."""
+        for name, value in state.items():
+            getattr(self, name)[c].copy_(value)
+
     def _bn(self, h: torch.Tensor, i: int, c: int | None = None) -> torch.Tensor:
         """Batch norm i of every cluster, or of cluster ``c`` alone (eval statistics)."""
         mean_buf, var_buf = getattr(self, f"mean{i}"), getattr(self, f"var{i}")

@@ -120,6 +120,8 @@ ADDED_FIELDS = {
     "hinge_step": 1.0,
     "hinge_boost_max": 30.0,
     "fidelity_check": 0,
+    "cluster_stop": False,
+    "steer_on_stall": False,
 }
 
 
@@ -165,9 +167,17 @@ class MappingConfig:
     # `hinge_boost_max` (1 = a fixed weight)
     hinge_step: float = 1.25
     hinge_boost_max: float = 30.0
+    # fast: ... but goes up only in epochs the share did not rise: a cluster still climbing on its
+    # own (every cluster early in training) keeps its weight (False: up every epoch it is short)
+    steer_on_stall: bool = True
     # fast: fresh samples per cluster mapped in evaluation mode each epoch, whose share inside
     # steers the weights and the stop (0 = the hinge's own training-mode samples)
     fidelity_check: int = 256
+    # fast: each cluster stops on its own: from `epochs` on, the first epoch its check share is a
+    # standard error past `fidelity_target` (confirmed on 4x as many fresh samples) is the state it
+    # keeps, and training ends once every cluster has stopped; one that never gets there keeps its
+    # best epoch (False: the last epoch, and training ends when all are past the target at once)
+    cluster_stop: bool = True
     min_steps: int = 10  # fast/residual: optimiser steps per epoch at least (small clusters, refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0
@@ -196,6 +206,8 @@ class MappingConfig:
                 hinge_boost=1.0,
                 hinge_step=1.0,
                 fidelity_check=0,
+                cluster_stop=False,
+                steer_on_stall=False,
             ),
             "fast": MappingConfig(),
             "residual": MappingConfig(
@@ -213,6 +225,8 @@ class MappingConfig:
                 hinge_boost=1.0,
                 hinge_step=1.0,
                 fidelity_check=0,
+                cluster_stop=False,
+                steer_on_stall=False,
             ),
         }
         return replace(presets[check_recipe(recipe)], **{k: v for k, v in overrides.items() if v is not None})

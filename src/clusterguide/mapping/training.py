@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,8 @@ class MappingResult:
     seconds: float
     final_loss: list[float]  # per cluster, mean MSE of the last epoch
     epochs: int = 0  # epochs trained (more than config.epochs when a fidelity target extended them)
+    # per cluster, the epoch whose state it keeps (earlier than ``epochs`` where it stopped on its own)
+    stopped_at: list[int] = field(default_factory=list)
 
 
 def fit_mappings(
@@ -69,8 +72,16 @@ def fit_mappings(
             nets.append(net)
             losses.append(loss)
     else:
-        nets, losses, epochs = _fit_batched(latents, config, guide, device, desc, init=init, prior=prior)
-    return MappingResult([n.cpu().eval() for n in nets], time.perf_counter() - start, losses, epochs)
+        nets, losses, epochs, stopped_at = _fit_batched(
+            latents, config, guide, device, desc, init=init, prior=prior
+        )
+    return MappingResult(
+        [n.cpu().eval() for n in nets],
+        time.perf_counter() - start,
+        losses,
+        epochs,
+        stopped_at if check_recipe(config.recipe) != "paper" else [epochs] * len(nets),
+    )
 
 
 def _fit_paper(
@@ -126,6 +137,7 @@ def _consistency(
     device,
     norms: torch.Tensor,
     weights: torch.Tensor | None = None,
+    active: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hinge on fresh mapped samples, and each cluster's share of them already inside.
 
@@ -140,7 +152,11 @@ def _consistency(
     At later layers the cheapest way "inside" can be outward, to latents far larger than any the
     prior draws (and off the image manifold); the one-sided ``inflation`` term stops mean norms
     from growing past the cluster's own (``norms``) without holding back a collapse, which the
-    metrics should still see."""
+    metrics should still see.
+
+    ``active`` (k booleans) leaves out the guide passes of clusters that have stopped
+    (``cluster_stop``: their state is kept from an earlier epoch, so their hinge would train
+    nothing that is used); their share reads 1."""
     m = config.guide_batch
     e_free = draw(k * m, g).reshape(k, m, -1).to(device)
     mapped = model(e_free)
@@ -153,8 +169,10 @@ def _consistency(
         others = logits.scatter(1, own_index[:, None], float("-inf")).max(1).values
         return others - own  # > 0: outside its own cluster
 
+    live = slice(None) if active is None else active.to(flat.device).repeat_interleave(m).nonzero()[:, 0]
+    outside = torch.zeros(k * m, dtype=torch.bool, device=flat.device)
     with torch.no_grad():
-        outside = margin(guide(flat.detach()), target) > 0
+        outside[live] = margin(guide(flat[live].detach()), target[live]) > 0
     inside = 1 - outside.reshape(k, m).float().mean(1).cpu()
     strays = outside.nonzero()[:, 0]
     if strays.numel():
@@ -205,16 +223,24 @@ def inside_share(
     return (guide(flat).argmax(1) == target).reshape(k, m).float().mean(1).cpu()
 
 
-def steer_boost(most: torch.Tensor, inside: torch.Tensor, config: MappingConfig) -> torch.Tensor:
+def steer_boost(
+    most: torch.Tensor, inside: torch.Tensor, config: MappingConfig, rising: torch.Tensor | None = None
+) -> torch.Tensor:
     """Each cluster's top hinge weight for the next epoch: ``hinge_step`` times higher while its
     share inside is below ``fidelity_target``, that much lower once it is a point above, within
     ``hinge_boost``..``hinge_boost_max``. A cluster that stays short (later layers, where the
     boundary runs along many directions) is pulled harder epoch by epoch; one past the target
-    lets go again, which is what keeps its spread."""
+    lets go again, which is what keeps its spread.
+
+    With ``rising`` (per cluster: its share rose since the last epoch; ``steer_on_stall``) a short
+    cluster goes up only when it stalled. Every cluster starts far short and climbs on its own for
+    the first epochs; raising all of them then sent most weights to the cap by epoch 10 at
+    ``block1``, k = 16, and the pull they kept cost spread (recall) they did not need to lose."""
     if config.hinge_step == 1:
         return most
     target = config.fidelity_target
-    most = torch.where(inside < target, most * config.hinge_step, most)
+    short = inside < target if rising is None else (inside < target) & ~rising
+    most = torch.where(short, most * config.hinge_step, most)
     most = torch.where(inside > target + 0.01, most / config.hinge_step, most)
     return most.clamp(config.hinge_boost, max(config.hinge_boost, config.hinge_boost_max))
 
@@ -227,6 +253,74 @@ def hinge_weights(inside: torch.Tensor, target: float, most: float | torch.Tenso
     half = max(1 - target, 1e-6) / 2
     short = ((target + half - inside) / half).clamp(0, 1)
     return 1 + (most - 1) * short
+
+
+def past_target(target: float, samples: int) -> float:
+    """The share an estimate from ``samples`` fresh samples must reach to count as past ``target``:
+    the target plus the estimate's binomial standard error there, so that a cluster at the target
+    does not pass by chance."""
+    return target + (math.sqrt(max(target * (1 - target), 0.0) / samples) if samples > 0 else 0.0)
+
+
+@dataclass
+class ClusterStops:
+    """Each cluster's own stop (``MappingConfig.cluster_stop``). Later layers' shares swing by
+    several points from epoch to epoch under strong hinge weights, so waiting until every cluster
+    is past the target in the same epoch ran most fits to the epoch cap and kept whatever state the
+    last epoch left (block3, k = 8: shares 0.88-1.00 at epoch 30, and still at epoch 44). Instead a
+    cluster keeps the state of the first epoch (from ``epochs`` on) its check share is past the
+    target, confirmed on ``confirm`` more fresh samples so that a lucky check does not stop it;
+    training ends once every cluster has stopped, and one that never does keeps its best epoch."""
+
+    target: float
+    checked: int  # samples per cluster of the per-epoch check
+    confirm: int  # further samples per cluster that confirm a passing check
+    kept: dict[int, tuple[int, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    best: dict[int, tuple[float, int, dict[str, torch.Tensor]]] = field(default_factory=dict)
+
+    def active(self, k: int) -> torch.Tensor:
+        return torch.tensor([c not in self.kept for c in range(k)])
+
+    def done(self, k: int) -> bool:
+        return len(self.kept) == k
+
+    def update(
+        self, model: BatchedMapping, epoch: int, inside: torch.Tensor, more: Callable[[int], torch.Tensor]
+    ) -> list[int]:
+        """After ``epoch`` (1-based): stop the clusters whose check ``inside`` is past the target and
+        stays past it with ``more(n)`` (every cluster's share of n fresh samples) added. Returns
+        the clusters that stopped."""
+        k = len(inside)
+        passing = [
+            c
+            for c in range(k)
+            if c not in self.kept and float(inside[c]) >= past_target(self.target, self.checked)
+        ]
+        stopped = []
+        if passing and self.confirm > 0:
+            total = self.checked + self.confirm
+            pooled = (inside * self.checked + more(self.confirm) * self.confirm) / total
+            stopped = [c for c in passing if float(pooled[c]) >= past_target(self.target, total)]
+        elif passing:
+            stopped = passing
+        for c in stopped:
+            self.kept[c] = (epoch, model.cluster_state(c))
+            self.best.pop(c, None)
+        for c in range(k):
+            if c not in self.kept and (c not in self.best or float(inside[c]) > self.best[c][0]):
+                self.best[c] = (float(inside[c]), epoch, model.cluster_state(c))
+        return stopped
+
+    def restore(self, model: BatchedMapping, last_epoch: int) -> list[int]:
+        """Every cluster back to the state it keeps; returns the epoch each one's state is from."""
+        epochs = [last_epoch] * model.w1.shape[0]
+        for c, (epoch, state) in self.kept.items():
+            model.load_cluster_state(c, state)
+            epochs[c] = epoch
+        for c, (_, epoch, state) in self.best.items():
+            model.load_cluster_state(c, state)
+            epochs[c] = epoch
+        return epochs
 
 
 def _can_start_from(net: MappingNetwork | None, config: MappingConfig, latent_dim: int) -> bool:
@@ -337,15 +431,17 @@ def _fit_batched(
     # (many neighbours, later layers) is pulled harder the longer it stays short.
     boost = torch.full((k,), config.hinge_boost) if extend and config.hinge_boost > 1 else None
     most = torch.full((k,), config.hinge_boost)
+    last_inside = torch.zeros(k)  # each cluster's share inside after the last epoch
     # the fidelity check draws from its own stream, so that it does not shift training's
     check_g = torch.Generator().manual_seed(derive_seed(config.seed, "fidelity-check"))
     # the check's share is an estimate: stop only once every cluster's is a standard error past
     # the target (its binomial noise at the target for that many samples), not at it by chance
     target = config.fidelity_target
-    stop_at = target + (
-        math.sqrt(max(target * (1 - target), 0.0) / config.fidelity_check)
-        if config.fidelity_check > 0
-        else 0.0
+    stop_at = past_target(target, config.fidelity_check)
+    stops = (
+        ClusterStops(target, config.fidelity_check, 4 * config.fidelity_check)
+        if extend and config.cluster_stop and config.fidelity_check > 0
+        else None
     )
     epoch = 0
     with bar(most_epochs, desc=desc, unit="epoch") as b:
@@ -360,6 +456,7 @@ def _fit_batched(
                 else:
                     matched, targets = pool_matches(model, data, gammas, config, draw, g, device)
             model.train()
+            active = stops.active(k) if stops is not None else None
             totals = torch.zeros(k)
             inside = torch.zeros(k)
             for _ in range(steps):
@@ -374,7 +471,7 @@ def _fit_batched(
                 loss = per_cluster.sum()
                 if guide is not None and use_guide:
                     hinge, inside_now, mapped = _consistency(
-                        model, guide, k, config, draw, g, device, norms, boost
+                        model, guide, k, config, draw, g, device, norms, boost, active
                     )
                     loss = loss + config.consistency * k * hinge
                     if spread_target is not None:
@@ -389,13 +486,27 @@ def _fit_batched(
             if extend and config.fidelity_check > 0:
                 assert guide is not None
                 inside = inside_share(model, guide, k, draw, check_g, device, config.fidelity_check)
-            if boost is not None:
-                most = steer_boost(most, inside, config)
-                boost = hinge_weights(inside, config.fidelity_target, most)
             epoch += 1
+            if stops is not None and epoch >= config.epochs:
+                assert guide is not None
+
+                def more(n: int) -> torch.Tensor:
+                    return inside_share(model, guide, k, draw, check_g, device, n)
+
+                stops.update(model, epoch, inside, more)
+            if boost is not None:
+                rising = inside > last_inside if config.steer_on_stall else None
+                last_inside = inside.clone()
+                most = steer_boost(most, inside, config, rising)
+                boost = hinge_weights(inside, config.fidelity_target, most)
             b.update(1)
-            b.set_postfix_str(f"loss {sum(losses) / k:.3f}")
-            if epoch >= config.epochs and (not extend or float(inside.min()) >= stop_at):
+            stopped = f", {len(stops.kept)}/{k} stopped" if stops is not None else ""
+            b.set_postfix_str(f"loss {sum(losses) / k:.3f}{stopped}")
+            if stops is not None:
+                if stops.done(k):
+                    break
+            elif epoch >= config.epochs and (not extend or float(inside.min()) >= stop_at):
                 break
+    stopped_at = stops.restore(model, epoch) if stops is not None else [epoch] * k
     model.eval()
-    return [model.export(c) for c in range(k)], losses, epoch
+    return [model.export(c) for c in range(k)], losses, epoch, stopped_at
