@@ -160,6 +160,16 @@ def test_the_ceiling_is_below_one(tiny_run):
     assert all(r["precision_ceiling"] < 1 and r["recall_ceiling"] < 1 for r in rows)
 
 
+def test_metrics_say_where_each_mapping_stopped(tiny_run):
+    _, run = tiny_run
+    timings = run.metrics["timings"]["root"]
+    mapped = sorted(run.mappings)
+    assert sorted(timings["stopped_at"]) == mapped
+    assert all(1 <= e <= timings["epochs"] for e in timings["stopped_at"].values())
+    # the mappings that never got past the target and kept their best epoch are among them
+    assert set(timings["best_epoch"]) <= set(mapped)
+
+
 @pytest.mark.slow
 def test_a_refined_leaf_stays_inside_its_parent_and_itself(tiny_run, tmp_path):
     run_dir = shutil.copytree(tiny_run[0], tmp_path / "run")

@@ -360,8 +360,9 @@ def test_each_cluster_keeps_the_state_of_the_epoch_it_stopped(tiny_clusters):
     unreachable = fit_mappings(latents, MappingConfig(fidelity_target=1.01, **base), guide=guide)
     # never past the target: every cluster keeps its best epoch from `epochs` on
     assert unreachable.epochs == 6 and all(2 <= e <= 6 for e in unreachable.stopped_at)
+    assert unreachable.best_epoch == [0, 1, 2]
     met = fit_mappings(latents, MappingConfig(fidelity_target=0.01, **base), guide=guide)
-    assert met.stopped_at == [2, 2, 2]
+    assert met.stopped_at == [2, 2, 2] and met.best_epoch == []
     together = MappingConfig(fidelity_target=1.01, cluster_stop=False, **base)
     assert fit_mappings(latents, together, guide=guide).stopped_at == [6, 6, 6]  # the last epoch
 

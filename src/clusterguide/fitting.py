@@ -108,14 +108,17 @@ def split_cluster(
         mapping_seconds, epochs = result.seconds, result.epochs
         # the epoch whose state each mapping keeps (earlier than `epochs` where it stopped on its own)
         stopped_at = {child_path(parent, i): e for i, e in zip(train, result.stopped_at)}
+        # ... and those that never got past the fidelity target, whose kept epoch is their best
+        best_epoch = [child_path(parent, train[c]) for c in result.best_epoch]
     else:
-        mapping_seconds, epochs, stopped_at = 0.0, 0, {}
+        mapping_seconds, epochs, stopped_at, best_epoch = 0.0, 0, {}, []
     timings = {
         "features_s": features_s,
         "kmeans_s": kmeans_s,
         "mappings_s": mapping_seconds,
         "epochs": epochs,
         "stopped_at": stopped_at,
+        "best_epoch": best_epoch,
     }
     rows = measure_clusters(G, run, children, latents, km.labels)
     by_id = {r["id"]: r for r in run.metrics.get("clusters", [])}

@@ -30,6 +30,8 @@ class MappingResult:
     epochs: int = 0  # epochs trained (more than config.epochs when a fidelity target extended them)
     # per cluster, the epoch whose state it keeps (earlier than ``epochs`` where it stopped on its own)
     stopped_at: list[int] = field(default_factory=list)
+    # clusters (indices) that never stopped on their own and keep their best epoch instead
+    best_epoch: list[int] = field(default_factory=list)
 
 
 def fit_mappings(
@@ -72,7 +74,7 @@ def fit_mappings(
             nets.append(net)
             losses.append(loss)
     else:
-        nets, losses, epochs, stopped_at = _fit_batched(
+        nets, losses, epochs, stopped_at, best_epoch = _fit_batched(
             latents, config, guide, device, desc, init=init, prior=prior
         )
     return MappingResult(
@@ -81,6 +83,7 @@ def fit_mappings(
         losses,
         epochs,
         stopped_at if check_recipe(config.recipe) != "paper" else [epochs] * len(nets),
+        best_epoch if check_recipe(config.recipe) != "paper" else [],
     )
 
 
@@ -508,5 +511,6 @@ def _fit_batched(
             elif epoch >= config.epochs and (not extend or float(inside.min()) >= stop_at):
                 break
     stopped_at = stops.restore(model, epoch) if stops is not None else [epoch] * k
+    best_epoch = sorted(stops.best) if stops is not None else []
     model.eval()
-    return [model.export(c) for c in range(k)], losses, epoch, stopped_at
+    return [model.export(c) for c in range(k)], losses, epoch, stopped_at, best_epoch
