@@ -339,30 +339,21 @@ def test_hinge_on_strays_only_has_the_full_hinges_loss_and_gradient(tiny_cluster
         assert torch.allclose(fast, p.grad, atol=1e-5)
 
 
-def test_a_fidelity_target_extends_training_only_while_it_is_missed(tiny_clusters):
+def test_a_fidelity_target_extends_training_only_while_it_is_missed_and_each_cluster_stops(tiny_clusters):
     G, z, km, split = tiny_clusters
     latents = [z[torch.from_numpy(km.labels == c)] for c in range(3)]
     base = dict(epochs=2, width=32, batch_size=64, max_epoch_factor=3.0)
     guide = make_guide(G, split)
     unreachable = fit_mappings(latents, MappingConfig(fidelity_target=1.01, **base), guide=guide)
     assert unreachable.epochs == 6  # never met: runs to 3 x epochs
+    # ... and every cluster keeps its best epoch from `epochs` on
+    assert all(2 <= e <= 6 for e in unreachable.stopped_at) and unreachable.best_epoch == [0, 1, 2]
     met = fit_mappings(latents, MappingConfig(fidelity_target=0.01, **base), guide=guide)
     assert met.epochs == 2  # met at once: stops at epochs
+    assert met.stopped_at == [2, 2, 2] and met.best_epoch == []  # each cluster stopped there
     off = fit_mappings(latents, MappingConfig(fidelity_target=0.0, **base), guide=guide)
     assert off.epochs == 2  # no target: exactly epochs
-
-
-def test_each_cluster_keeps_the_state_of_the_epoch_it_stopped(tiny_clusters):
-    G, z, km, split = tiny_clusters
-    latents = [z[torch.from_numpy(km.labels == c)] for c in range(3)]
-    base = dict(epochs=2, width=32, batch_size=64, max_epoch_factor=3.0)
-    guide = make_guide(G, split)
-    unreachable = fit_mappings(latents, MappingConfig(fidelity_target=1.01, **base), guide=guide)
-    # never past the target: every cluster keeps its best epoch from `epochs` on
-    assert unreachable.epochs == 6 and all(2 <= e <= 6 for e in unreachable.stopped_at)
-    assert unreachable.best_epoch == [0, 1, 2]
-    met = fit_mappings(latents, MappingConfig(fidelity_target=0.01, **base), guide=guide)
-    assert met.stopped_at == [2, 2, 2] and met.best_epoch == []
+    # clusters that stop together keep the last epoch
     together = MappingConfig(fidelity_target=1.01, cluster_stop=False, **base)
     assert fit_mappings(latents, together, guide=guide).stopped_at == [6, 6, 6]  # the last epoch
 

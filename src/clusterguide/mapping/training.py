@@ -73,6 +73,7 @@ def fit_mappings(
             )
             nets.append(net)
             losses.append(loss)
+        stopped_at, best_epoch = [epochs] * len(nets), []  # every cluster trains all its epochs
     else:
         nets, losses, epochs, stopped_at, best_epoch = _fit_batched(
             latents, config, guide, device, desc, init=init, prior=prior
@@ -82,8 +83,8 @@ def fit_mappings(
         time.perf_counter() - start,
         losses,
         epochs,
-        stopped_at if check_recipe(config.recipe) != "paper" else [epochs] * len(nets),
-        best_epoch if check_recipe(config.recipe) != "paper" else [],
+        stopped_at,
+        best_epoch,
     )
 
 
@@ -237,8 +238,9 @@ def steer_boost(
 
     With ``rising`` (per cluster: its share rose since the last epoch; ``steer_on_stall``) a short
     cluster goes up only when it stalled. Every cluster starts far short and climbs on its own for
-    the first epochs; raising all of them then sent most weights to the cap by epoch 10 at
-    ``block1``, k = 16, and the pull they kept cost spread (recall) they did not need to lose."""
+    the first epochs; raising all of them then sent half the weights to six times their start by
+    epoch 8 at ``block1``, k = 16, and the pull they kept cost spread (recall) they did not need
+    to lose."""
     if config.hinge_step == 1:
         return most
     target = config.fidelity_target
@@ -270,7 +272,7 @@ class ClusterStops:
     """Each cluster's own stop (``MappingConfig.cluster_stop``). Later layers' shares swing by
     several points from epoch to epoch under strong hinge weights, so waiting until every cluster
     is past the target in the same epoch ran most fits to the epoch cap and kept whatever state the
-    last epoch left (block3, k = 8: shares 0.88-1.00 at epoch 30, and still at epoch 44). Instead a
+    last epoch left (block3, k = 8: shares 0.875-1.000 between epochs 26 and 44, no trend). Instead a
     cluster keeps the state of the first epoch (from ``epochs`` on) its check share is past the
     target, confirmed on ``confirm`` more fresh samples so that a lucky check does not stop it;
     training ends once every cluster has stopped, and one that never does keeps its best epoch."""
