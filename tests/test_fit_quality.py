@@ -168,6 +168,9 @@ def test_metrics_say_where_each_mapping_stopped(tiny_run):
     assert all(1 <= e <= timings["epochs"] for e in timings["stopped_at"].values())
     # the mappings that never got past the target and kept their best epoch are among them
     assert set(timings["best_epoch"]) <= set(mapped)
+    # ... and how many directions each one drew (fast: at least the moment directions)
+    assert sorted(timings["drawn"]) == mapped
+    assert all(d >= run.mapping.moment_dims for d in timings["drawn"].values())
 
 
 @pytest.mark.slow

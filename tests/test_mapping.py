@@ -351,6 +351,13 @@ def test_a_fidelity_target_extends_training_only_while_it_is_missed_and_each_clu
     met = fit_mappings(latents, MappingConfig(fidelity_target=0.01, **base), guide=guide)
     assert met.epochs == 2  # met at once: stops at epochs
     assert met.stopped_at == [2, 2, 2] and met.best_epoch == []  # each cluster stopped there
+    # with draw_on_stall, refreshing every epoch, a target out of reach is short at any rate: every
+    # cluster draws more directions (the bases do not depend on staleness or on draw_on_stall, so
+    # the met fit's counts are where they start)
+    grow = MappingConfig(fidelity_target=1.01, staleness=1, draw_on_stall=True, **base)
+    grown = fit_mappings(latents, grow, guide=guide)
+    assert met.drawn is not None and grown.drawn is not None
+    assert all(u > m for u, m in zip(grown.drawn, met.drawn)), (grown.drawn, met.drawn)
     off = fit_mappings(latents, MappingConfig(fidelity_target=0.0, **base), guide=guide)
     assert off.epochs == 2  # no target: exactly epochs
     # clusters that stop together keep the last epoch
@@ -487,6 +494,26 @@ def test_steered_weights_rise_while_a_cluster_is_short_and_fall_once_it_is_past(
     # on stall only: a short cluster whose share rose keeps its weight; letting go is unchanged
     rising = torch.tensor([True, False, True, True, False])
     assert torch.allclose(steer_boost(most, inside, config, rising), torch.tensor([3.0, 10.0, 8.0, 4.0, 3.0]))
+
+
+def test_a_cluster_that_would_stay_short_at_its_rate_draws_twice_as_many_directions():
+    from clusterguide.mapping.training import draw_more, falls_short
+
+    # shares over 4 epochs, windows of 2: cluster 0 flat at 0.85; 1 climbing 0.02 an epoch from
+    # 0.85 (0.93 by epoch 4 and 0.95 two epochs later); 2 climbing too slowly for 2 epochs left;
+    # 3 past the target; 4 falling (counts as flat, not as a projected drop)
+    history = [
+        torch.tensor([0.85, 0.87, 0.80, 0.97, 0.90]),
+        torch.tensor([0.85, 0.89, 0.80, 0.97, 0.90]),
+        torch.tensor([0.85, 0.91, 0.81, 0.97, 0.88]),
+        torch.tensor([0.85, 0.93, 0.81, 0.97, 0.88]),
+    ]
+    assert falls_short(history[:3], 2, 2, 0.95).tolist() == [False] * 5  # one window only
+    assert falls_short(history, 2, 2, 0.95).tolist() == [True, False, True, False, True]
+    assert falls_short(history, 2, 0, 0.95).tolist() == [True, True, True, False, True]
+    stalled = torch.tensor([True, True, False, True])
+    # doubled, capped at the cluster's whole subspace; the others unchanged
+    assert draw_more([4, 30, 3, 2], [36, 32, 10, 10], stalled) == [8, 32, 3, 4]
 
 
 def test_the_fidelity_check_maps_as_the_sampler_does():

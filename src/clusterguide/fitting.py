@@ -110,8 +110,11 @@ def split_cluster(
         stopped_at = {child_path(parent, i): e for i, e in zip(train, result.stopped_at)}
         # ... and those that never got past the fidelity target, whose kept epoch is their best
         best_epoch = [child_path(parent, train[c]) for c in result.best_epoch]
+        # fast: the directions each mapping drew at the end (more where draw_on_stall promoted it;
+        # one that kept an earlier epoch may have trained that state with fewer)
+        drawn = {child_path(parent, i): d for i, d in zip(train, result.drawn or [])}
     else:
-        mapping_seconds, epochs, stopped_at, best_epoch = 0.0, 0, {}, []
+        mapping_seconds, epochs, stopped_at, best_epoch, drawn = 0.0, 0, {}, [], {}
     timings = {
         "features_s": features_s,
         "kmeans_s": kmeans_s,
@@ -119,6 +122,7 @@ def split_cluster(
         "epochs": epochs,
         "stopped_at": stopped_at,
         "best_epoch": best_epoch,
+        "drawn": drawn,
     }
     rows = measure_clusters(G, run, children, latents, km.labels)
     by_id = {r["id"]: r for r in run.metrics.get("clusters", [])}

@@ -178,6 +178,13 @@ class MappingConfig:
     # keeps, and training ends once every cluster has stopped; one that never gets there keeps its
     # best epoch (False: the last epoch, and training ends when all are past the target at once)
     cluster_stop: bool = True
+    # fast, opt-in: from `epochs` on, at each nearest-neighbour refresh, a cluster that has not
+    # stopped and whose check share, at the rate it rose over the last `staleness` epochs, would
+    # still be short of `fidelity_target` at the epoch cap draws twice as many of its directions
+    # (the written ones next, up to all of them). Off by default: at `block4` it lifted the
+    # hardest cluster's fidelity by 0.03-0.11, but it cost recall elsewhere and met no more
+    # clusters in sample (docs/benchmarks.md, round six)
+    draw_on_stall: bool = False
     min_steps: int = 10  # fast/residual: optimiser steps per epoch at least (small clusters, refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0

@@ -32,6 +32,8 @@ class MappingResult:
     stopped_at: list[int] = field(default_factory=list)
     # clusters (indices) that never stopped on their own and keep their best epoch instead
     best_epoch: list[int] = field(default_factory=list)
+    # fast: per cluster, how many of its directions IMLE drew at the end (``draw_on_stall`` adds)
+    drawn: list[int] | None = None
 
 
 def fit_mappings(
@@ -74,8 +76,9 @@ def fit_mappings(
             nets.append(net)
             losses.append(loss)
         stopped_at, best_epoch = [epochs] * len(nets), []  # every cluster trains all its epochs
+        drawn: list[int] | None = None
     else:
-        nets, losses, epochs, stopped_at, best_epoch = _fit_batched(
+        nets, losses, epochs, stopped_at, best_epoch, drawn = _fit_batched(
             latents, config, guide, device, desc, init=init, prior=prior
         )
     return MappingResult(
@@ -85,6 +88,7 @@ def fit_mappings(
         epochs,
         stopped_at,
         best_epoch,
+        drawn,
     )
 
 
@@ -267,6 +271,33 @@ def past_target(target: float, samples: int) -> float:
     return target + (math.sqrt(max(target * (1 - target), 0.0) / samples) if samples > 0 else 0.0)
 
 
+def falls_short(history: list[torch.Tensor], window: int, remaining: int, target: float) -> torch.Tensor:
+    """Per cluster: whether its check share, at the rate it rose over the last ``window`` epochs
+    (the mean of the last ``window`` shares against the mean of the ``window`` before), stays below
+    ``target`` for the ``remaining`` epochs; all False before there are two windows of history.
+    Means of several epochs, because one epoch's share of a few hundred samples moves by a couple
+    of points by chance."""
+    if len(history) < 2 * window:
+        return torch.zeros(len(history[-1]) if history else 0, dtype=torch.bool)
+    recent = torch.stack(history[-window:]).mean(0)
+    before = torch.stack(history[-2 * window : -window]).mean(0)
+    rate = (recent - before) / window
+    return recent + rate.clamp_min(0) * remaining < target
+
+
+def draw_more(drawn: list[int], widths: list[int], stalled: torch.Tensor) -> list[int]:
+    """Each cluster's count of drawn directions (``MappingConfig.draw_on_stall``): twice as many for
+    every ``stalled`` one, up to its whole subspace ``widths`` (drawn and written).
+
+    The directions a mapping only writes to are reached through the consistency hinge alone, and
+    at later layers it barely moves the share past what the drawn ones keep (digiface-dcgan,
+    ``block4``, k = 4, seed 2: the largest cluster drew 4 directions, which keep 0.805 of its
+    latents when the rest is redrawn, and stayed at 0.80-0.88 for 15 epochs at the top hinge
+    weight). Drawn directions are matched to the cluster's own latents by IMLE, which reaches them
+    directly."""
+    return [min(w, 2 * d) if bool(stalled[c]) else d for c, (d, w) in enumerate(zip(drawn, widths))]
+
+
 @dataclass
 class ClusterStops:
     """Each cluster's own stop (``MappingConfig.cluster_stop``). Later layers' shares swing by
@@ -357,6 +388,7 @@ def _fit_batched(
     draw = prior or standard_normal(latent_dim)
     start = init if init is not None and _can_start_from(init, config, latent_dim) else None
     basis = parent = None
+    widths: list[int] = []  # each cluster's subspace width (drawn and written), fast only
     if structured:
         if not config.residual:
             raise UserError("the fast recipe needs a residual mapping (residual=True)")
@@ -379,7 +411,8 @@ def _fit_batched(
             for c, (z, b) in enumerate(zip(data, bases))
         ]
         # clusters may need different numbers of directions: pad with zero columns, which write nothing
-        width = max(b.shape[1] for b in bases)
+        widths = [b.shape[1] for b in bases]
+        width = max(widths)
         basis = torch.stack([F.pad(b, (0, width - b.shape[1])) for b in bases])
     model = BatchedMapping(
         k,
@@ -437,6 +470,7 @@ def _fit_batched(
     boost = torch.full((k,), config.hinge_boost) if extend and config.hinge_boost > 1 else None
     most = torch.full((k,), config.hinge_boost)
     last_inside = torch.zeros(k)  # each cluster's share inside after the last epoch
+    history: list[torch.Tensor] = []  # ... and after every epoch (``draw_on_stall``)
     # the fidelity check draws from its own stream, so that it does not shift training's
     check_g = torch.Generator().manual_seed(derive_seed(config.seed, "fidelity-check"))
     # the check's share is an estimate: stop only once every cluster's is a standard error past
@@ -491,6 +525,7 @@ def _fit_batched(
             if extend and config.fidelity_check > 0:
                 assert guide is not None
                 inside = inside_share(model, guide, k, draw, check_g, device, config.fidelity_check)
+            history.append(inside)
             epoch += 1
             if stops is not None and epoch >= config.epochs:
                 assert guide is not None
@@ -499,6 +534,16 @@ def _fit_batched(
                     return inside_share(model, guide, k, draw, check_g, device, n)
 
                 stops.update(model, epoch, inside, more)
+            if (
+                config.draw_on_stall
+                and stops is not None
+                and model.drawn is not None
+                and config.epochs <= epoch < most_epochs
+                and epoch % config.staleness == 0  # the next epoch refreshes the matches
+            ):
+                # opt-in: a cluster the hinge will not get past the target draws more directions
+                short = falls_short(history, config.staleness, most_epochs - epoch, target)
+                model.drawn = draw_more(model.drawn, widths, short & stops.active(k))
             if boost is not None:
                 rising = inside > last_inside if config.steer_on_stall else None
                 last_inside = inside.clone()
@@ -515,4 +560,4 @@ def _fit_batched(
     stopped_at = stops.restore(model, epoch) if stops is not None else [epoch] * k
     best_epoch = sorted(stops.best) if stops is not None else []
     model.eval()
-    return [model.export(c) for c in range(k)], losses, epoch, stopped_at, best_epoch
+    return [model.export(c) for c in range(k)], losses, epoch, stopped_at, best_epoch, model.drawn
