@@ -499,9 +499,9 @@ def test_steered_weights_rise_while_a_cluster_is_short_and_fall_once_it_is_past(
 def test_a_cluster_that_would_stay_short_at_its_rate_draws_twice_as_many_directions():
     from clusterguide.mapping.training import draw_more, falls_short
 
-    # shares over 4 epochs, windows of 2: cluster 0 flat at 0.85; 1 climbing 0.02 an epoch from
-    # 0.85 (0.93 by epoch 4 and 0.95 two epochs later); 2 climbing too slowly for 2 epochs left;
-    # 3 past the target; 4 falling (counts as flat, not as a projected drop)
+    # shares over 4 epochs, windows of 2: cluster 0 flat at 0.85; 1 climbing 0.02 an epoch (its
+    # last window's mean 0.92 projects to 0.96 two epochs on, but 0.92 with none left); 2 climbing
+    # too slowly; 3 past the target; 4 falling (counts as flat, not as a projected drop)
     history = [
         torch.tensor([0.85, 0.87, 0.80, 0.97, 0.90]),
         torch.tensor([0.85, 0.89, 0.80, 0.97, 0.90]),
