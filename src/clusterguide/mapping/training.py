@@ -469,8 +469,7 @@ def _fit_batched(
     # (many neighbours, later layers) is pulled harder the longer it stays short.
     boost = torch.full((k,), config.hinge_boost) if extend and config.hinge_boost > 1 else None
     most = torch.full((k,), config.hinge_boost)
-    last_inside = torch.zeros(k)  # each cluster's share inside after the last epoch
-    history: list[torch.Tensor] = []  # ... and after every epoch (``draw_on_stall``)
+    history: list[torch.Tensor] = []  # each cluster's share inside after every epoch
     # the fidelity check draws from its own stream, so that it does not shift training's
     check_g = torch.Generator().manual_seed(derive_seed(config.seed, "fidelity-check"))
     # the check's share is an estimate: stop only once every cluster's is a standard error past
@@ -545,8 +544,9 @@ def _fit_batched(
                 short = falls_short(history, config.staleness, most_epochs - epoch, target)
                 model.drawn = draw_more(model.drawn, widths, short & stops.active(k))
             if boost is not None:
-                rising = inside > last_inside if config.steer_on_stall else None
-                last_inside = inside.clone()
+                # rose since the epoch before (from nothing, in the first epoch)
+                before = history[-2] if len(history) > 1 else torch.zeros(k)
+                rising = inside > before if config.steer_on_stall else None
                 most = steer_boost(most, inside, config, rising)
                 boost = hinge_weights(inside, config.fidelity_target, most)
             b.update(1)
