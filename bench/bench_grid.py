@@ -14,7 +14,9 @@ cells, so the grid can be run piecewise (``--layers``, ``--ks``, ``--seeds``, ``
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_grid.py --trees block3,block4 --layers '' --seeds 0
     .venv/bin/python bench/bench_grid.py --table          # the table of every finished cell
 
-``--set key=value`` overrides the mapping settings (experiments; give such runs their own --out).
+``--set key=value`` overrides the mapping settings, ``--mapping-offset N`` trains the mappings on
+another random stream (same clusters) to see how much of a difference is chance (experiments;
+give such runs their own --out).
 """
 
 from __future__ import annotations
@@ -68,11 +70,19 @@ def judge(rows: list[dict], min_size: int) -> dict:
 
 
 def run_cell(
-    G: GeneratorAdapter, spec: GeneratorSpec, cell: dict, samples: int, overrides: dict, min_size: int
+    G: GeneratorAdapter,
+    spec: GeneratorSpec,
+    cell: dict,
+    samples: int,
+    overrides: dict,
+    min_size: int,
+    mapping_offset: int = 0,
 ) -> dict:
     start = time.perf_counter()
     seed = cell["seed"]
-    mapping = MappingConfig.preset("fast", seed=seed, **overrides)
+    # the same clusters, another random stream for the mappings: how much of a difference between
+    # two recipes is chance
+    mapping = MappingConfig.preset("fast", seed=seed + mapping_offset, **overrides)
     quiet = lambda m: None  # noqa: E731
     if cell["kind"] == "flat":
         fit_cfg = FitConfig(layer=cell["layer"], clusters=cell["k"], samples=samples, seed=seed)
@@ -177,6 +187,12 @@ def main() -> None:
     ap.add_argument("--min-size", type=int, default=500, help="clusters with fewer latents are not judged")
     ap.add_argument("--set", action="append", default=[], help="mapping setting name=value (repeatable)")
     ap.add_argument("--out", default="docs/bench/grid")
+    ap.add_argument(
+        "--mapping-offset",
+        type=int,
+        default=0,
+        help="train the mappings with seed + this (same latents and clusters, another random stream)",
+    )
     ap.add_argument("--table", action="store_true", help="only print the table of finished cells")
     args = ap.parse_args()
     out_dir = Path(args.out)
@@ -194,7 +210,7 @@ def main() -> None:
         if path.exists():
             print(f"{cell['name']}: done before, skipped", flush=True)
             continue
-        result = run_cell(G, spec, cell, args.samples, overrides, args.min_size)
+        result = run_cell(G, spec, cell, args.samples, overrides, args.min_size, args.mapping_offset)
         artifacts.write_json(path, result)
         fails = [c["id"] for c in result["clusters"] if not c["ok"]]
         print(

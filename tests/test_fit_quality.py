@@ -134,6 +134,11 @@ def test_a_fast_config_saved_before_the_correction_directions_trains_as_it_did()
     del saved["cluster_stop"], saved["steer_on_stall"]
     old = dataclasses.replace(MappingConfig(), cluster_stop=False, steer_on_stall=False)
     assert MappingConfig.from_json(saved) == old
+    # one saved before round seven: every cluster matches among `candidates` candidates
+    saved = MappingConfig.preset("fast").to_json()
+    del saved["candidate_growth"], saved["candidates_max"]
+    loaded = MappingConfig.from_json(saved)
+    assert (loaded.candidate_growth, loaded.cluster_stop) == (1.0, True)
     assert MappingConfig.from_json(MappingConfig().to_json()) == MappingConfig()
 
 

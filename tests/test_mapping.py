@@ -173,6 +173,51 @@ def test_conditional_matches_draw_only_the_drawn_columns():
     assert not torch.allclose(e @ drawn, z @ drawn)
 
 
+def test_clusters_that_draw_in_more_directions_get_more_candidates():
+    from clusterguide.mapping.matching import BASE_DRAWN, candidates_for
+
+    config = MappingConfig(candidates=32, candidate_growth=2.0, candidates_max=512)
+    assert candidates_for(config, 3) == candidates_for(config, BASE_DRAWN) == 32
+    assert [candidates_for(config, BASE_DRAWN + j) for j in (1, 2, 4, 6)] == [64, 128, 512, 512]
+    assert candidates_for(dataclasses.replace(config, candidate_growth=1.0), 9) == 32
+    assert candidates_for(dataclasses.replace(config, candidates_max=8), 9) == 32  # never fewer
+    for recipe in ("paper", "residual"):
+        assert MappingConfig.preset(recipe).candidate_growth == 1.0
+
+
+def test_more_candidates_match_closer_where_a_cluster_draws_in_many_directions():
+    # why the count grows: in 8 drawn directions the nearest of 32 candidates is far from its
+    # latent, the nearest of 256 much less so
+    g = torch.Generator().manual_seed(5)
+    basis = torch.linalg.qr(torch.randn(1, 12, 8, generator=g))[0]
+    model = BatchedMapping(1, 12, 16, 12, residual=True, generator=g, basis=basis, drawn=[8]).eval()
+    z = torch.randn(400, 12, generator=g)
+    with torch.no_grad():
+        gaps = [
+            (model(conditional_matches(model, 0, z, candidates=m, g=g)[None])[0] - z).norm(dim=1).mean()
+            for m in (32, 256)
+        ]
+    assert gaps[1] < 0.85 * gaps[0]
+
+
+def test_a_clusters_last_layer_output_is_the_same_with_and_without_autograd():
+    # without autograd batch norm runs in place (conditional matching's many candidate rows)
+    g = torch.Generator().manual_seed(6)
+    basis = torch.linalg.qr(torch.randn(2, 8, 3, generator=g))[0]
+    model = BatchedMapping(2, 8, 16, 8, residual=True, generator=g, basis=basis)
+    with torch.no_grad():
+        model.w3.normal_(generator=g)  # a residual mapping starts writing nothing
+        for _ in range(5):  # running statistics away from their start
+            model(3 * torch.randn(2, 64, 8, generator=g) + 1)
+    model.eval()
+    e = torch.randn(300, 8, generator=g)
+    with_grad = model.last_layer_output(e, 1)
+    with torch.no_grad():
+        without = model.last_layer_output(e, 1)
+    assert torch.equal(with_grad, without)
+    assert not torch.equal(without, model.last_layer_output(e, 0).detach())
+
+
 def test_correction_directions_lift_the_keep_to_the_fidelity_target():
     # a cluster bounded along two directions: U_c holds one, the correction basis must add the other
     from clusterguide.mapping.bases import complement_keep, correction_basis

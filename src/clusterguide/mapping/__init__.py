@@ -14,7 +14,8 @@ Three recipes share one network shape (3 bias-free fully connected layers, batch
   prior's, exactly. g_c is learned by *conditional* IMLE: every latent z_i keeps its own
   complement, only its few subspace coordinates are drawn as candidates, and the nearest is
   regressed. In a few dimensions the nearest of 32 candidates is close, so IMLE covers the
-  cluster instead of averaging it (the failure of IMLE in the full 100-d space). A
+  cluster instead of averaging it (the failure of IMLE in the full 100-d space); a cluster that
+  draws in more directions gets more candidates, twice as many per direction past 4. A
   cluster-consistency hinge on fresh samples pulls the strays in (it is zero for samples inside,
   so only the strays go through the generator with autograd). Where the complement still
   matters, the mapping may also write (not draw) along further boundary directions, as many as

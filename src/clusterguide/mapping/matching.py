@@ -10,6 +10,26 @@ from clusterguide.mapping.networks import BatchedMapping
 from clusterguide.mapping.recipes import MappingConfig
 from clusterguide.nn_search import nearest
 
+# The drawn directions ``MappingConfig.candidates`` is the count for: the demo job's clusters draw
+# 3 (a moment pair and one margin direction) and k = 16 clusters at ``block1`` up to 10.
+BASE_DRAWN = 4
+
+
+def candidates_for(config: MappingConfig, drawn: int) -> int:
+    """How many candidates a cluster that draws in ``drawn`` directions gets: ``candidates``,
+    times ``candidate_growth`` for every direction past :data:`BASE_DRAWN`, at most
+    ``candidates_max`` (but never fewer than ``candidates``).
+
+    The nearest of m candidates in d dimensions is about m^(-1/d) of the spread away, so a count
+    that matches closely in 3-4 directions matches loosely in 9; IMLE then regresses a latent on an
+    input that is nearly a random draw, which pulls the mapping toward the cluster's mean
+    (``block1``, k = 16, seed 0: the five clusters short on recall all drew 7-9 directions;
+    docs/benchmarks.md, round seven)."""
+    if config.candidate_growth == 1 or drawn <= BASE_DRAWN:
+        return config.candidates
+    grown = round(config.candidates * config.candidate_growth ** (drawn - BASE_DRAWN))
+    return max(config.candidates, min(config.candidates_max, grown))
+
 
 @torch.no_grad()
 def conditional_matches(

@@ -127,10 +127,23 @@ class BatchedMapping(nn.Module):
         return out + e if self.residual else out
 
     def last_layer_output(self, e: torch.Tensor, c: int) -> torch.Tensor:
-        """Cluster c alone, eval mode: (N, aux_dim) -> what its last layer writes (N, d or latent_dim)."""
-        h = F.relu(self._bn(e @ self.w1[c], 1, c))
-        h = F.relu(self._bn(h @ self.w2[c], 2, c))
+        """Cluster c alone, eval mode: (N, aux_dim) -> what its last layer writes (N, d or latent_dim).
+
+        Without autograd (conditional matching: hundreds of thousands of candidate rows) batch norm
+        and ReLU run in place on the layer's output: the same arithmetic, so the same result, at
+        half the time of the three temporaries the out-of-place form allocates per layer."""
+        if torch.is_grad_enabled():
+            h = F.relu(self._bn(e @ self.w1[c], 1, c))
+            h = F.relu(self._bn(h @ self.w2[c], 2, c))
+            return h @ self.w3[c]
+        h = self._bn_eval_(e @ self.w1[c], 1, c).relu_()
+        h = self._bn_eval_(h @ self.w2[c], 2, c).relu_()
         return h @ self.w3[c]
+
+    def _bn_eval_(self, h: torch.Tensor, i: int, c: int) -> torch.Tensor:
+        """:meth:`_bn` of cluster ``c`` with eval statistics, in place on ``h``."""
+        scale = getattr(self, f"g{i}")[c] / torch.sqrt(getattr(self, f"var{i}")[c] + self.eps)
+        return h.sub_(getattr(self, f"mean{i}")[c]).mul_(scale).add_(getattr(self, f"b{i}")[c])
 
     @torch.no_grad()
     def start_from(self, net: MappingNetwork) -> None:

@@ -37,6 +37,8 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
     "max_active_dims": (0, BIG),
     "keep_target": (0, 1),
     "candidates": (1, BIG),
+    "candidate_growth": (1, 16),
+    "candidates_max": (1, BIG),
     "fidelity_target": (0, 1),
     "max_epoch_factor": (1, 1_000),
     "hinge_dims": (0, BIG),
@@ -122,6 +124,7 @@ ADDED_FIELDS = {
     "fidelity_check": 0,
     "cluster_stop": False,
     "steer_on_stall": False,
+    "candidate_growth": 1.0,
 }
 
 
@@ -148,6 +151,12 @@ class MappingConfig:
         0.8  # fast: share of the cluster's latents that stay in it when the complement is redrawn
     )
     candidates: int = 32  # fast: conditional-IMLE candidates drawn per latent at each refresh
+    # fast: a cluster that draws in more than 4 directions gets this many times more candidates
+    # for each one past 4, up to `candidates_max` (1 = `candidates` for every cluster): the nearest
+    # of a fixed count lands farther from its latent in more dimensions, and a far match regresses
+    # toward the cluster's mean, which costs recall
+    candidate_growth: float = 2.0
+    candidates_max: int = 512
     # fast: train past `epochs` while some cluster's fresh samples land inside it less often than
     # this (the hinge's own samples over the last epoch), up to `max_epoch_factor` x `epochs`;
     # 0 = exactly `epochs`
@@ -215,6 +224,7 @@ class MappingConfig:
                 fidelity_check=0,
                 cluster_stop=False,
                 steer_on_stall=False,
+                candidate_growth=1.0,
             ),
             "fast": MappingConfig(),
             "residual": MappingConfig(
@@ -234,6 +244,7 @@ class MappingConfig:
                 fidelity_check=0,
                 cluster_stop=False,
                 steer_on_stall=False,
+                candidate_growth=1.0,
             ),
         }
         return replace(presets[check_recipe(recipe)], **{k: v for k, v in overrides.items() if v is not None})

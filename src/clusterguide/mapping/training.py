@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from clusterguide.errors import UserError
 from clusterguide.mapping.bases import cluster_basis, correction_basis, subspace_of
 from clusterguide.mapping.inputs import Guide, Prior, standard_normal
-from clusterguide.mapping.matching import conditional_matches, pool_matches
+from clusterguide.mapping.matching import candidates_for, conditional_matches, pool_matches
 from clusterguide.mapping.networks import BatchedMapping, MappingNetwork, make_network
 from clusterguide.mapping.recipes import MappingConfig, check_recipe
 from clusterguide.nn_search import nearest
@@ -488,7 +488,14 @@ def _fit_batched(
                 model.eval()
                 if structured:
                     matched = [
-                        conditional_matches(model, c, data[c], config.candidates, g, draw=prior)
+                        conditional_matches(
+                            model,
+                            c,
+                            data[c],
+                            candidates_for(config, model.drawn[c] if model.drawn else 0),
+                            g,
+                            draw=prior,
+                        )
                         for c in range(k)
                     ]
                 else:
