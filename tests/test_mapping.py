@@ -187,7 +187,8 @@ def test_clusters_that_draw_in_more_directions_get_more_candidates():
 
 def test_more_candidates_match_closer_where_a_cluster_draws_in_many_directions():
     # why the count grows: in 8 drawn directions the nearest of 32 candidates is far from its
-    # latent, the nearest of 256 much less so
+    # latent, the nearest of 256 much less so (the mapping starts as the identity, so the gap is
+    # the candidates' own)
     g = torch.Generator().manual_seed(5)
     basis = torch.linalg.qr(torch.randn(1, 12, 8, generator=g))[0]
     model = BatchedMapping(1, 12, 16, 12, residual=True, generator=g, basis=basis, drawn=[8]).eval()

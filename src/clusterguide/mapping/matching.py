@@ -11,7 +11,8 @@ from clusterguide.mapping.recipes import MappingConfig
 from clusterguide.nn_search import nearest
 
 # The drawn directions ``MappingConfig.candidates`` is the count for: the demo job's clusters draw
-# 3 (a moment pair and one margin direction) and k = 16 clusters at ``block1`` up to 10.
+# 3 (a moment pair and one margin direction); at k = 16 clusters draw up to 9 (``block1``) or 10
+# (``block3``), the most ``moment_dims`` + ``max_active_dims`` allow.
 BASE_DRAWN = 4
 
 
