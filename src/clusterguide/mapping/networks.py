@@ -102,10 +102,13 @@ class BatchedMapping(nn.Module):
             getattr(self, name)[c].copy_(value)
 
     def _bn(self, h: torch.Tensor, i: int, c: int | None = None) -> torch.Tensor:
-        """Batch norm i of every cluster, or of cluster ``c`` alone (eval statistics)."""
+        """Batch norm i of every cluster, or of cluster ``c`` alone (eval statistics; without
+        autograd in place on ``h``, which is then a layer's fresh output)."""
         mean_buf, var_buf = getattr(self, f"mean{i}"), getattr(self, f"var{i}")
         if c is not None:
             scale = getattr(self, f"g{i}")[c] / torch.sqrt(var_buf[c] + self.eps)
+            if not torch.is_grad_enabled():
+                return h.sub_(mean_buf[c]).mul_(scale).add_(getattr(self, f"b{i}")[c])
             return (h - mean_buf[c]) * scale + getattr(self, f"b{i}")[c]
         if self.training:
             mean = h.mean(1, keepdim=True)
@@ -132,18 +135,10 @@ class BatchedMapping(nn.Module):
         Without autograd (conditional matching: hundreds of thousands of candidate rows) batch norm
         and ReLU run in place on the layer's output: the same arithmetic, so the same result, at
         half the time of the three temporaries the out-of-place form allocates per layer."""
-        if torch.is_grad_enabled():
-            h = F.relu(self._bn(e @ self.w1[c], 1, c))
-            h = F.relu(self._bn(h @ self.w2[c], 2, c))
-            return h @ self.w3[c]
-        h = self._bn_eval_(e @ self.w1[c], 1, c).relu_()
-        h = self._bn_eval_(h @ self.w2[c], 2, c).relu_()
+        inplace = not torch.is_grad_enabled()
+        h = F.relu(self._bn(e @ self.w1[c], 1, c), inplace=inplace)
+        h = F.relu(self._bn(h @ self.w2[c], 2, c), inplace=inplace)
         return h @ self.w3[c]
-
-    def _bn_eval_(self, h: torch.Tensor, i: int, c: int) -> torch.Tensor:
-        """:meth:`_bn` of cluster ``c`` with eval statistics, in place on ``h``."""
-        scale = getattr(self, f"g{i}")[c] / torch.sqrt(getattr(self, f"var{i}")[c] + self.eps)
-        return h.sub_(getattr(self, f"mean{i}")[c]).mul_(scale).add_(getattr(self, f"b{i}")[c])
 
     @torch.no_grad()
     def start_from(self, net: MappingNetwork) -> None:
