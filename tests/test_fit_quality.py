@@ -211,3 +211,31 @@ def test_the_settings_page_lists_every_setting_with_each_recipes_value():
                 assert cell == str(value).lower(), (name, preset.recipe)
             else:
                 assert type(value)(cell) == value, (name, preset.recipe)
+
+
+def test_a_shrunk_mapping_saves_and_loads_and_samples_the_same(tiny_run, tmp_path):
+    _, run = tiny_run
+    path = sorted(run.mappings)[0]
+    net = run.mappings[path]
+    dim = net.fc3.out_features
+    shrunk = dataclasses.replace(
+        run, mappings={**run.mappings, path: type(net)(dim, net.fc1.out_features, dim, True)}
+    )
+    shrunk.mappings[path].load_state_dict(net.state_dict())
+    directions = torch.linalg.qr(torch.randn(dim, 3, generator=torch.Generator().manual_seed(0)))[0]
+    shrunk.mappings[path].shrink_toward(0.7, torch.full((dim,), 0.1), directions)
+    shrunk.mappings[path].eval()
+    shrunk.save(tmp_path / "run")
+    loaded = Run.load(tmp_path / "run")
+    e = torch.randn(32, dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded.mappings[path](e), shrunk.mappings[path](e))
+        assert not torch.equal(loaded.mappings[path](e), net.eval()(e))  # the shrink is what was saved
+        other = sorted(run.mappings)[1]
+        assert loaded.mappings[other].shrink_basis is None
+        assert torch.equal(loaded.mappings[other](e), run.mappings[other].eval()(e))
+    # a shrink saved without its factor is a one-line error at load, not a silent unshrunk mapping
+    shrunk.mappings[path].shrink_scale = None
+    shrunk.save(tmp_path / "broken")
+    with pytest.raises(UserError, match="shrink"):
+        Run.load(tmp_path / "broken")

@@ -411,6 +411,72 @@ def test_a_fidelity_target_extends_training_only_while_it_is_missed_and_each_clu
     assert fit_mappings(latents, together, guide=guide).stopped_at == [6, 6, 6]  # the last epoch
 
 
+def test_a_shrink_scales_the_output_along_its_directions_only():
+    net = MappingNetwork(4, 8, 4, residual=True).eval()  # starts as the identity
+    e = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    directions = torch.eye(4)[:, :2]
+    center = torch.tensor([1.0, -1.0, 5.0, 5.0])
+    net.shrink_toward(0.5, center, directions)
+    with torch.no_grad():
+        out = net(e)
+    assert torch.allclose(out[:, :2], center[:2] + 0.5 * (e[:, :2] - center[:2]), atol=1e-6)
+    assert torch.equal(out[:, 2:], e[:, 2:])  # off the directions: untouched (centre included)
+    # the shrink is part of the state: a network given the same state maps the same
+    again = MappingNetwork(4, 8, 4, residual=True)
+    state = net.state_dict()
+    again.shrink_toward(state["shrink_scale"], state["shrink_center"], state["shrink_basis"])
+    again.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(e), out)
+    assert "shrink_basis" not in MappingNetwork(4, 8, 4, residual=True).state_dict()
+
+
+def test_choose_shrink_takes_the_largest_factor_that_gets_past_the_target():
+    from clusterguide.mapping.training import choose_shrink
+
+    net = MappingNetwork(3, 8, 3, residual=True).eval()  # the identity: mapped samples are e
+    e = torch.randn(20_000, 3, generator=torch.Generator().manual_seed(0))
+    directions = torch.eye(3)[:, :1]
+
+    def inside(x):  # the cluster: |x_0| < 1, which 68% of N(0, 1) falls in
+        return x[:, 0].abs() < 1
+
+    # 80% (+ a standard error) needs |e_0| < 1/s for s <= 0.78: 0.75 (P = 0.818), not 0.8 (0.789)
+    scale, center = choose_shrink(net, directions, inside, e, target=0.8, floor=0.5)
+    assert scale == pytest.approx(0.75) and torch.allclose(center, e.mean(0))
+    # a target no factor down to the floor reaches: the one with the highest share
+    scale, _ = choose_shrink(net, directions, inside, e, target=0.99, floor=0.9)
+    assert scale == pytest.approx(0.9)
+    # ... and never a factor below the floor, which need not be a multiple of the step
+    assert choose_shrink(net, directions, inside, e, target=0.99, floor=0.52)[0] == pytest.approx(0.55)
+    # already past the target: no shrink
+    assert choose_shrink(net, directions, inside, e, target=0.6, floor=0.5)[0] == 1.0
+
+
+def test_clusters_that_never_stop_are_shrunk_toward_the_target(tiny_clusters):
+    G, z, km, split = tiny_clusters
+    latents = [z[torch.from_numpy(km.labels == c)] for c in range(3)]
+    base = dict(epochs=2, width=32, batch_size=64, max_epoch_factor=1.0)
+    guide = make_guide(G, split)
+    unshrunk = fit_mappings(
+        latents, MappingConfig(fidelity_target=1.01, shrink_floor=1.0, **base), guide=guide
+    )
+    assert unshrunk.shrink == [1.0, 1.0, 1.0]
+    shrunk = fit_mappings(latents, MappingConfig(fidelity_target=1.01, shrink_floor=0.5, **base), guide=guide)
+    assert shrunk.best_epoch == [0, 1, 2] and shrunk.shrink is not None
+    assert all(0.5 <= s <= 1 for s in shrunk.shrink) and min(shrunk.shrink) < 1, shrunk.shrink
+    # the same training (the shrink is chosen afterwards), and on fresh samples the shrunk mappings
+    # land inside their clusters at least as often
+    for a, b, s in zip(unshrunk.networks, shrunk.networks, shrunk.shrink):
+        assert torch.equal(a.fc3.weight, b.fc3.weight)
+        assert (b.shrink_basis is not None) == (s < 1)
+    before, after = fidelity(G, split, unshrunk.networks), fidelity(G, split, shrunk.networks)
+    assert (after >= before - 0.01).all() and after.mean() > before.mean(), (before, after)
+    # a cluster that stops is never shrunk, and the paper's recipe has no subspace to shrink
+    met = fit_mappings(latents, MappingConfig(fidelity_target=0.01, **base), guide=guide)
+    assert met.best_epoch == [] and met.shrink == [1.0, 1.0, 1.0]
+
+
 def test_cluster_state_round_trips_one_cluster_and_leaves_the_others():
     model = BatchedMapping(3, 4, 8, 4, True, torch.Generator().manual_seed(0))
     with torch.no_grad():

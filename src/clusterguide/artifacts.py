@@ -8,7 +8,8 @@ temporary name and renamed as a whole. A run folder holds
                     package version, and the sha256 of every tensor file (a damaged folder is caught
                     at load);
 - ``clusters.safetensors``  the centroids of every split of the tree;
-- ``mappings.safetensors``  the weights of every cluster's mapping network;
+- ``mappings.safetensors``  the weights of every cluster's mapping network (with its shrink, where one
+                            was chosen after training);
 - ``names.json``    names people gave to clusters (written on its own, atomically);
 - ``metrics.json``  how well each cluster's mapping stays in its cluster.
 """

@@ -241,6 +241,10 @@ class Run:
             state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
             _check_mapping_shapes(run_dir, p, arch, state)  # before allocating a network of that size
             net = MappingNetwork(arch["aux_dim"], arch["width"], arch["latent_dim"], arch["residual"])
+            if any(name in state for name in MappingNetwork.SHRINK):
+                # a mapping shrunk after training (training.choose_shrink)
+                _check_shrink(run_dir, p, arch, state)
+                net.shrink_toward(state["shrink_scale"], state["shrink_center"], state["shrink_basis"])
             try:
                 net.load_state_dict(state, strict=True)
             except RuntimeError as exc:
@@ -277,6 +281,24 @@ def _check_mapping_shapes(run_dir: Path, path: str, arch: dict, state: dict[str,
                 f"{run_dir}: mapping of cluster {path}: {key} is {got}, config.json says "
                 f"{'x'.join(map(str, shape))}"
             )
+
+
+def _check_shrink(run_dir: Path, path: str, arch: dict, state: dict[str, torch.Tensor]) -> None:
+    scale, center, basis = (state.get(name) for name in MappingNetwork.SHRINK)
+    dim = arch["latent_dim"]
+    if (
+        scale is None
+        or center is None
+        or basis is None
+        or scale.numel() != 1
+        or tuple(center.shape) != (dim,)
+        or basis.dim() != 2
+        or basis.shape[0] != dim
+    ):
+        raise UserError(
+            f"{run_dir}: mapping of cluster {path}: its shrink needs shrink_scale (one value), "
+            f"shrink_center ({dim}) and shrink_basis ({dim} x d)"
+        )
 
 
 def read_names(run_dir: str | Path, checked: bool = True) -> dict[str, str]:

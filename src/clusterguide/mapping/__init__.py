@@ -27,7 +27,9 @@ Three recipes share one network shape (3 bias-free fully connected layers, batch
   up while its share of fresh samples inside (mapped in evaluation mode, as the sampler maps
   them) is below ``fidelity_target``, down again once it is past. All sibling clusters train at
   once as one batched network, for ``epochs`` and up to twice as many while some cluster is
-  still short of the target.
+  still short of the target; each stops on its own once past it. One that never gets there
+  keeps its best epoch, and its drawn coordinates are then shrunk toward its samples' mean by
+  the largest factor whose fresh samples get past the target (``shrink_floor``).
 - ``residual``: the previous default, kept for comparison: a full-space residual mapping with
   pool-based IMLE (Gamma = 4 x size, refreshed every 5 epochs), a strong consistency hinge and a
   norm-inflation penalty. It keeps fidelity and norm but overshoots into the cluster's interior,

@@ -14,7 +14,15 @@ from clusterguide.mapping.recipes import MappingConfig
 
 
 class MappingNetwork(nn.Module):
-    """T_c: Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear, no biases (optionally + e)."""
+    """T_c: Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear, no biases (optionally + e).
+
+    A ``fast`` mapping that never reached its fidelity target may also carry a shrink
+    (:meth:`shrink_toward`, chosen after training by :func:`training.choose_shrink`): its output's
+    coordinates along a few orthonormal directions scaled by a factor below 1 about a centre."""
+
+    shrink_scale: torch.Tensor | None
+    shrink_center: torch.Tensor | None
+    shrink_basis: torch.Tensor | None
 
     def __init__(self, aux_dim: int, width: int, latent_dim: int, residual: bool = False) -> None:
         super().__init__()
@@ -28,6 +36,18 @@ class MappingNetwork(nn.Module):
         self.fc3 = nn.Linear(width, latent_dim, bias=False)
         if residual:
             nn.init.zeros_(self.fc3.weight)
+        # None (not in the state dict) unless a shrink is set: run folders without one load as before
+        for name in self.SHRINK:
+            self.register_buffer(name, None)
+
+    SHRINK = ("shrink_scale", "shrink_center", "shrink_basis")
+
+    def shrink_toward(self, scale: float | torch.Tensor, center: torch.Tensor, basis: torch.Tensor) -> None:
+        """From now on the output's coordinates along ``basis`` ((latent_dim, d), orthonormal
+        columns) are ``scale`` times as far from ``center``'s; the rest of the output is unchanged."""
+        self.shrink_scale = torch.as_tensor(scale, dtype=torch.float32).reshape(()).clone()
+        self.shrink_center = center.detach().float().reshape(-1).clone()
+        self.shrink_basis = basis.detach().float().clone()
 
     @property
     def aux_dim(self) -> int:
@@ -37,7 +57,12 @@ class MappingNetwork(nn.Module):
         h = F.relu(self.bn1(self.fc1(e)))
         h = F.relu(self.bn2(self.fc2(h)))
         out = self.fc3(h)
-        return out + e if self.residual else out
+        out = out + e if self.residual else out
+        if self.shrink_basis is not None:
+            assert self.shrink_scale is not None and self.shrink_center is not None
+            along = (out - self.shrink_center) @ self.shrink_basis
+            out = out + (self.shrink_scale - 1) * along @ self.shrink_basis.T
+        return out
 
 
 class BatchedMapping(nn.Module):
@@ -142,7 +167,8 @@ class BatchedMapping(nn.Module):
 
     @torch.no_grad()
     def start_from(self, net: MappingNetwork) -> None:
-        """Every one of the k mappings becomes a copy of ``net`` (same shape)."""
+        """Every one of the k mappings becomes a copy of ``net`` (same shape): its weights, not a
+        shrink it carries (a child's own shrink, if any, is chosen after the child trains)."""
         for i in range(self.w1.shape[0]):
             self.w1[i].copy_(net.fc1.weight.T)
             self.w2[i].copy_(net.fc2.weight.T)

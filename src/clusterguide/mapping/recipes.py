@@ -47,6 +47,7 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
     "hinge_step": (1, 1e3),
     "hinge_boost_max": (1, 1e6),
     "fidelity_check": (0, BIG),
+    "shrink_floor": (0.05, 1),
     "min_steps": (0, BIG),
 }
 SETTING_CHOICES = {"nn_backend": ("auto", "faiss", "torch")}
@@ -125,6 +126,7 @@ ADDED_FIELDS = {
     "cluster_stop": False,
     "steer_on_stall": False,
     "candidate_growth": 1.0,
+    "shrink_floor": 1.0,
 }
 
 
@@ -194,6 +196,13 @@ class MappingConfig:
     # hardest cluster's fidelity by 0.03-0.11, but it cost recall elsewhere and met no more
     # clusters in sample (docs/benchmarks.md, round six)
     draw_on_stall: bool = False
+    # fast: a cluster that never stopped (it keeps its best epoch, short of `fidelity_target`)
+    # has its drawn coordinates scaled toward its samples' mean by the largest factor, in steps of
+    # 0.05 down to this floor, with which its fresh samples get a standard error past the target
+    # (if none does, the factor with the highest share); 1 = never. At later layers such clusters
+    # cover the cluster and more (recall at its ceiling, fidelity 0.82-0.94), and the hinge does
+    # not pull them in (docs/benchmarks.md, round eight)
+    shrink_floor: float = 0.5
     min_steps: int = 10  # fast/residual: optimiser steps per epoch at least (small clusters, refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0
@@ -225,6 +234,7 @@ class MappingConfig:
                 cluster_stop=False,
                 steer_on_stall=False,
                 candidate_growth=1.0,
+                shrink_floor=1.0,
             ),
             "fast": MappingConfig(),
             "residual": MappingConfig(
@@ -245,6 +255,7 @@ class MappingConfig:
                 cluster_stop=False,
                 steer_on_stall=False,
                 candidate_growth=1.0,
+                shrink_floor=1.0,
             ),
         }
         return replace(presets[check_recipe(recipe)], **{k: v for k, v in overrides.items() if v is not None})
