@@ -475,6 +475,8 @@ def test_clusters_that_never_stop_are_shrunk_toward_the_target(tiny_clusters):
     # a cluster that stops is never shrunk, and the paper's recipe has no subspace to shrink
     met = fit_mappings(latents, MappingConfig(fidelity_target=0.01, **base), guide=guide)
     assert met.best_epoch == [] and met.shrink == [1.0, 1.0, 1.0]
+    paper = fit_mappings(latents, MappingConfig.preset("paper", epochs=1, width=16), guide=guide)
+    assert paper.shrink is None and all(n.shrink_basis is None for n in paper.networks)
 
 
 def test_cluster_state_round_trips_one_cluster_and_leaves_the_others():
