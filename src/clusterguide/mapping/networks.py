@@ -13,6 +13,16 @@ from clusterguide.errors import UserError
 from clusterguide.mapping.recipes import MappingConfig
 
 
+def shrink_along(
+    x: torch.Tensor, scale: float | torch.Tensor, center: torch.Tensor, basis: torch.Tensor
+) -> torch.Tensor:
+    """``x`` with its coordinates along ``basis`` (orthonormal columns) ``scale`` times as far from
+    ``center``'s, the rest unchanged: a shrunk mapping's output, and what
+    :func:`training.choose_shrink` tries each factor with."""
+    along = (x - center) @ basis
+    return x + (scale - 1) * along @ basis.T
+
+
 class MappingNetwork(nn.Module):
     """T_c: Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear, no biases (optionally + e).
 
@@ -60,8 +70,7 @@ class MappingNetwork(nn.Module):
         out = out + e if self.residual else out
         if self.shrink_basis is not None:
             assert self.shrink_scale is not None and self.shrink_center is not None
-            along = (out - self.shrink_center) @ self.shrink_basis
-            out = out + (self.shrink_scale - 1) * along @ self.shrink_basis.T
+            out = shrink_along(out, self.shrink_scale, self.shrink_center, self.shrink_basis)
         return out
 
 

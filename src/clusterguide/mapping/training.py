@@ -15,7 +15,7 @@ from clusterguide.errors import UserError
 from clusterguide.mapping.bases import cluster_basis, correction_basis, subspace_of
 from clusterguide.mapping.inputs import Guide, Prior, standard_normal
 from clusterguide.mapping.matching import candidates_for, conditional_matches, pool_matches
-from clusterguide.mapping.networks import BatchedMapping, MappingNetwork, make_network
+from clusterguide.mapping.networks import BatchedMapping, MappingNetwork, make_network, shrink_along
 from clusterguide.mapping.recipes import MappingConfig, check_recipe
 from clusterguide.nn_search import nearest
 from clusterguide.progress import bar
@@ -330,13 +330,12 @@ def choose_shrink(
     samples, so the shares they are compared by differ only by the factor."""
     mapped = net(e)
     center = mapped.mean(0)
-    along = (mapped - center) @ directions
     need = past_target(target, e.shape[0])
     best_share, best_scale = -1.0, 1.0
     steps = max(0, math.floor((1 - floor) / SHRINK_STEP + 1e-9))  # never below the floor
     for i in range(steps + 1):
         scale = round(1 - i * SHRINK_STEP, 6)  # 0.65, not 0.6499999999999999, in metrics.json
-        share = float(inside(mapped + (scale - 1) * along @ directions.T).float().mean())
+        share = float(inside(shrink_along(mapped, scale, center, directions)).float().mean())
         if share >= need:
             return scale, center
         if share > best_share:
