@@ -139,6 +139,15 @@ def test_a_fast_config_saved_before_the_correction_directions_trains_as_it_did()
     del saved["candidate_growth"], saved["candidates_max"]
     loaded = MappingConfig.from_json(saved)
     assert (loaded.candidate_growth, loaded.cluster_stop) == (1.0, True)
+    # one saved before round eight is never shrunk; one saved in round eight shrinks only the
+    # clusters that never stopped
+    saved = MappingConfig.preset("fast").to_json()
+    del saved["shrink_floor"], saved["shrink_stopped"]
+    assert MappingConfig.from_json(saved).shrink_floor == 1.0
+    saved["shrink_floor"] = 0.5
+    loaded = MappingConfig.from_json(saved)
+    assert (loaded.shrink_floor, loaded.shrink_stopped) == (0.5, False)
+    assert MappingConfig().shrink_stopped
     assert MappingConfig.from_json(MappingConfig().to_json()) == MappingConfig()
 
 

@@ -472,11 +472,38 @@ def test_clusters_that_never_stop_are_shrunk_toward_the_target(tiny_clusters):
         assert (b.shrink_basis is not None) == (s < 1)
     before, after = fidelity(G, split, unshrunk.networks), fidelity(G, split, shrunk.networks)
     assert (after >= before - 0.01).all() and after.mean() > before.mean(), (before, after)
-    # a cluster that stops is never shrunk, and the paper's recipe has no subspace to shrink
+    # a cluster that stops and stays past the target on fresh samples is not shrunk, and the
+    # paper's recipe has no subspace to shrink
     met = fit_mappings(latents, MappingConfig(fidelity_target=0.01, **base), guide=guide)
     assert met.best_epoch == [] and met.shrink == [1.0, 1.0, 1.0]
     paper = fit_mappings(latents, MappingConfig.preset("paper", epochs=1, width=16), guide=guide)
     assert paper.shrink is None and all(n.shrink_basis is None for n in paper.networks)
+
+
+def test_stopped_clusters_are_checked_on_fresh_samples_too(tiny_clusters, monkeypatch):
+    from clusterguide.mapping import training
+
+    G, z, km, split = tiny_clusters
+    latents = [z[torch.from_numpy(km.labels == c)] for c in range(3)]
+    base = dict(epochs=2, width=32, batch_size=64, max_epoch_factor=1.0, fidelity_target=0.01)
+    guide = make_guide(G, split)
+    checked = []
+    choose = training.choose_shrink
+
+    def recording(net, directions, inside, e, target, floor):
+        checked.append((e.shape[0], target, floor))
+        return choose(net, directions, inside, e, target, floor)
+
+    monkeypatch.setattr(training, "choose_shrink", recording)
+    # every cluster stops (a target of 1%): with shrink_stopped each is still checked, on
+    # 8 x fidelity_check fresh samples against the target and floor it was trained for ...
+    result = fit_mappings(latents, MappingConfig(shrink_floor=0.6, **base), guide=guide)
+    assert result.best_epoch == []
+    assert checked == [(8 * 256, 0.01, 0.6)] * 3
+    # ... and without it (round eight's recipe, what older run folders load with), none is
+    checked.clear()
+    fit_mappings(latents, MappingConfig(shrink_stopped=False, **base), guide=guide)
+    assert checked == []
 
 
 def test_cluster_state_round_trips_one_cluster_and_leaves_the_others():

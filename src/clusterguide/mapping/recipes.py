@@ -127,6 +127,7 @@ ADDED_FIELDS = {
     "steer_on_stall": False,
     "candidate_growth": 1.0,
     "shrink_floor": 1.0,
+    "shrink_stopped": False,
 }
 
 
@@ -203,6 +204,11 @@ class MappingConfig:
     # cover the cluster and more (recall at its ceiling, fidelity 0.82-0.94), and the hinge does
     # not pull them in (docs/benchmarks.md, round eight)
     shrink_floor: float = 0.5
+    # fast: ... and so is a cluster that stopped and falls short on the same number of fresh
+    # samples after training (False: only the ones that never stopped). The checks a cluster stops
+    # on also chose its epoch, so they run above fresh samples: six stopped clusters of round
+    # eight's grid measured 0.936-0.948 (docs/benchmarks.md, round nine)
+    shrink_stopped: bool = True
     min_steps: int = 10  # fast/residual: optimiser steps per epoch at least (small clusters, refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0
@@ -235,6 +241,7 @@ class MappingConfig:
                 steer_on_stall=False,
                 candidate_growth=1.0,
                 shrink_floor=1.0,
+                shrink_stopped=False,
             ),
             "fast": MappingConfig(),
             "residual": MappingConfig(
@@ -256,6 +263,7 @@ class MappingConfig:
                 steer_on_stall=False,
                 candidate_growth=1.0,
                 shrink_floor=1.0,
+                shrink_stopped=False,
             ),
         }
         return replace(presets[check_recipe(recipe)], **{k: v for k, v in overrides.items() if v is not None})

@@ -327,7 +327,8 @@ def choose_shrink(
     0.82-0.90): the consistency hinge, at its top weight, no longer pulls the strays in. Scaling
     the drawn coordinates, where IMLE spread the samples, toward their mean trades that spare
     recall for fidelity, measured on the cluster's own fresh samples. All factors see the same
-    samples, so the shares they are compared by differ only by the factor."""
+    samples, so the shares they are compared by differ only by the factor. A cluster that stopped
+    is checked the same way (``MappingConfig.shrink_stopped``): most pass at 1 and are left alone."""
     mapped = net(e)
     center = mapped.mean(0)
     need = past_target(target, e.shape[0])
@@ -615,7 +616,10 @@ def _fit_batched(
     nets = [model.export(c) for c in range(k)]
     shrink = [1.0] * k if structured else None
     if shrink is not None and config.shrink_floor < 1 and model.drawn is not None and model.basis is not None:
-        for c in best_epoch:  # empty without a guide (no fidelity check, no stops)
+        # a cluster that stopped was judged on checks that chose its epoch (the first of many noisy
+        # shares to pass is biased up); these fresh samples are not, so every cluster is checked
+        checked = range(k) if config.shrink_stopped and stops is not None else best_epoch
+        for c in checked:  # empty without a guide (no fidelity check, no stops)
             assert guide is not None
             # each cluster from its own stream: which others fell back does not change its samples
             shrink_g = torch.Generator().manual_seed(derive_seed(config.seed, "shrink", c))
