@@ -113,7 +113,7 @@ def split_cluster(
         # fast: the directions each mapping drew at the end (more where draw_on_stall promoted it;
         # one that kept an earlier epoch may have trained that state with fewer)
         drawn = {child_path(parent, i): d for i, d in zip(train, result.drawn or [])}
-        # fast: the factor each fallback's drawn coordinates were shrunk by (training.choose_shrink)
+        # fast: the factor each shrunk cluster's drawn coordinates were scaled by (training.choose_shrink)
         shrink = {child_path(parent, i): s for i, s in zip(train, result.shrink or []) if s < 1}
     else:
         mapping_seconds, epochs, stopped_at, best_epoch, drawn, shrink = 0.0, 0, {}, [], {}, {}
