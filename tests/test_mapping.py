@@ -500,7 +500,16 @@ def test_stopped_clusters_are_checked_on_fresh_samples_too(tiny_clusters, monkey
     result = fit_mappings(latents, MappingConfig(shrink_floor=0.6, **base), guide=guide)
     assert result.best_epoch == []
     assert checked == [(8 * 256, 0.01, 0.6)] * 3
-    # ... and without it (round eight's recipe, what older run folders load with), none is
+    # a stopped cluster the check finds short is shrunk and recorded like a fallback
+    monkeypatch.setattr(training, "choose_shrink", lambda net, d, inside, e, *rest: (0.8, net(e).mean(0)))
+    short = fit_mappings(latents, MappingConfig(**base), guide=guide)
+    assert short.best_epoch == [] and short.shrink == [0.8, 0.8, 0.8]
+    assert all(
+        n.shrink_scale is not None and float(n.shrink_scale) == pytest.approx(0.8) for n in short.networks
+    )
+    # ... and without shrink_stopped (round eight's recipe, what older run folders load with),
+    # none is checked
+    monkeypatch.setattr(training, "choose_shrink", recording)
     checked.clear()
     fit_mappings(latents, MappingConfig(shrink_stopped=False, **base), guide=guide)
     assert checked == []
