@@ -26,7 +26,7 @@ def shrink_along(
 class MappingNetwork(nn.Module):
     """T_c: Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear, no biases (optionally + e).
 
-    A ``fast`` mapping that never reached its fidelity target may also carry a shrink
+    A ``fast`` mapping found short of its fidelity target on fresh samples may also carry a shrink
     (:meth:`shrink_toward`, chosen after training by :func:`training.choose_shrink`): its output's
     coordinates along a few orthonormal directions scaled by a factor below 1 about a centre."""
 
