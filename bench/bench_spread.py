@@ -2,8 +2,8 @@
 
 For every mapping of a run folder (a root split), it draws ``--mapped`` fresh samples and takes
 ``--exact`` fresh exact (rejection-sampled) latents of the cluster, and compares their covariance
-on the span the mapping's last layer writes to (its drawn and correction directions: left singular
-vectors with singular values above 1% of the largest), whitened by the exact samples' own. An
+on the span the mapping's last layer writes to (its drawn and correction directions, as
+:func:`clusterguide.mapping.bases.subspace_of` finds them), whitened by the exact samples' own. An
 eigenvalue of 1 is the cluster's variance kept along that direction; 0.25 is a quarter of it. The
 same ratios on 20 random directions outside the span show what the sample sizes give by chance.
 docs/benchmarks.md (round ten) has the figures of a ``block1`` k = 16 fit:
@@ -21,6 +21,7 @@ import torch
 
 from clusterguide.fit_metrics import exact_sets
 from clusterguide.generators import load_generator
+from clusterguide.mapping.bases import subspace_of
 from clusterguide.mapping.inputs import draw_inputs
 from clusterguide.progress import set_progress
 from clusterguide.run import Run
@@ -60,12 +61,14 @@ def main() -> None:
     print("cluster  exact  written  smallest  geometric mean  largest  | outside the span: min  max")
     for path in paths:
         net = run.mappings[path].eval()
-        left, singular, _ = torch.linalg.svd(net.fc3.weight.double(), full_matrices=True)
-        written = int((singular > singular[0] * 1e-2).sum())
+        span = subspace_of(net, G.latent_dim)
+        assert span is not None  # a mapping writes to at most every direction
+        written = span.shape[1]
+        # the span's orthonormal complement: the last columns of a complete QR
+        rest = torch.linalg.qr(span.double(), mode="complete").Q[:, written:]
         e = draw_inputs(net, G.sample_latents, derive_seed(seed, "bench-spread", path), 0, args.mapped)
         mapped, own = net(e).double(), exact[int(path)].double()
-        inside = variance_ratios(mapped, own, left[:, :written])
-        rest = left[:, written:]
+        inside = variance_ratios(mapped, own, span.double())
         pick = torch.linalg.qr(rest @ torch.randn(rest.shape[1], 20, generator=g, dtype=rest.dtype))[0]
         outside = variance_ratios(mapped, own, pick)
         print(
