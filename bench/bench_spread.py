@@ -15,10 +15,12 @@ docs/benchmarks.md (round ten) has the figures of a ``block1`` k = 16 fit:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
+from clusterguide.errors import UserError
 from clusterguide.fit_metrics import exact_sets
 from clusterguide.generators import load_generator
 from clusterguide.mapping.bases import subspace_of
@@ -43,9 +45,15 @@ def main() -> None:
     ap.add_argument("--mapped", type=int, default=4000, help="fresh mapped samples per cluster")
     ap.add_argument("--exact", type=int, default=3000, help="fresh exact latents per cluster, at most")
     args = ap.parse_args()
+    if min(args.mapped, args.exact) < 2:
+        ap.error("--mapped and --exact need at least 2 samples each (a covariance)")
     set_progress(False)
     torch.set_grad_enabled(False)
-    run = Run.load(args.run_dir)
+    try:
+        run = Run.load(args.run_dir)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     G = load_generator(run.generator)
     seed = run.fit.seed
     paths = sorted((p for p in run.mappings if "/" not in p), key=int)
@@ -68,8 +76,12 @@ def main() -> None:
         rest = torch.linalg.qr(span.double(), mode="complete").Q[:, written:]
         e = draw_inputs(net, G.sample_latents, derive_seed(seed, "bench-spread", path), 0, args.mapped)
         mapped, own = net(e).double(), exact[int(path)].double()
-        inside = variance_ratios(mapped, own, span.double())
         pick = torch.linalg.qr(rest @ torch.randn(rest.shape[1], 20, generator=g, dtype=rest.dtype))[0]
+        if min(mapped.shape[0], own.shape[0]) <= max(written, pick.shape[1]):
+            # a covariance in that many directions needs more samples than directions
+            print(f"{path:>7}  {own.shape[0]:5d}  {written:7d}  too few samples for that many directions")
+            continue
+        inside = variance_ratios(mapped, own, span.double())
         outside = variance_ratios(mapped, own, pick)
         print(
             f"{path:>7}  {own.shape[0]:5d}  {written:7d}  {float(inside.min()):8.2f}  "
