@@ -56,8 +56,11 @@ class MappingNetwork(nn.Module):
         """From now on the output's coordinates along ``basis`` ((latent_dim, d), orthonormal
         columns) are ``scale`` times as far from ``center``'s; the rest of the output is unchanged."""
         self.shrink_scale = torch.as_tensor(scale, dtype=torch.float32).reshape(()).clone()
-        self.shrink_center = center.detach().float().reshape(-1).clone()
-        self.shrink_basis = basis.detach().float().clone()
+        # contiguous, as a saved run loads them: a matmul's rounding can depend on its operands'
+        # memory layout (a QR factor is column-major), and a run must sample the same to the
+        # last bit before and after it is saved
+        self.shrink_center = center.detach().float().reshape(-1).contiguous().clone()
+        self.shrink_basis = basis.detach().float().contiguous().clone()
 
     @property
     def aux_dim(self) -> int:
