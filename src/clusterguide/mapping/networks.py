@@ -59,8 +59,8 @@ class MappingNetwork(nn.Module):
         # contiguous, as a saved run loads them: a matmul's rounding can depend on its operands'
         # memory layout (a QR factor is column-major), and a run must sample the same to the
         # last bit before and after it is saved
-        self.shrink_center = center.detach().float().reshape(-1).contiguous().clone()
-        self.shrink_basis = basis.detach().float().contiguous().clone()
+        self.shrink_center = center.detach().float().reshape(-1).clone(memory_format=torch.contiguous_format)
+        self.shrink_basis = basis.detach().float().clone(memory_format=torch.contiguous_format)
 
     @property
     def aux_dim(self) -> int:
