@@ -36,6 +36,7 @@ from clusterguide.errors import UserError
 CONFIG = "config.json"
 CLUSTERS = "clusters.safetensors"
 MAPPINGS = "mappings.safetensors"
+CORRECTIONS = "corrections.safetensors"  # the corrected sampler's moment maps (absent in older runs)
 NAMES = "names.json"
 METRICS = "metrics.json"
 FORMAT = "clusterguide-run"

@@ -39,6 +39,8 @@ def metrics_table(metrics: dict, names: dict[str, str] | None = None) -> str:
         "recall_ceiling",
         "recall_raw",
         "raw_ceiling",
+        "corr_fidelity",
+        "corr_recall",
     ]
     keys = [
         "size",
@@ -50,11 +52,13 @@ def metrics_table(metrics: dict, names: dict[str, str] | None = None) -> str:
         "recall_ceiling",
         "recall_raw",
         "recall_raw_ceiling",
+        "corrected_fidelity",
+        "corrected_recall",
     ]
     rows = [[r["id"], names.get(r["id"], "")] + [r.get(k) for k in keys] for r in metrics.get("clusters", [])]
     note = (
         "precision/recall: k=5, PCA-16 of the layer's features, vs fresh exact samples of the cluster; *_raw: the "
         "same in the space the split clustered in (full features, or its stored PCA in a reduced run); "
-        "*ceiling: what independent exact samples score"
+        "*ceiling: what independent exact samples score; corr_*: the same samples with --method corrected"
     )
     return table(headers, rows) + "\n" + note

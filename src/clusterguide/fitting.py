@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from clusterguide import __version__
+from clusterguide.correction import fit_correction
 from clusterguide.errors import UserError
 from clusterguide.features import check_pool
 from clusterguide.fit_metrics import measure_clusters, summarize
@@ -27,6 +28,7 @@ from clusterguide.guides import make_path_guide
 from clusterguide.large_fit import ScaleOptions, cluster_latents, mapping_latents
 from clusterguide.mapping import MappingConfig, fit_mappings
 from clusterguide.run import FitConfig, Run
+from clusterguide.seeding import derive_seed
 from clusterguide.tree import ROOT, ClusterTree, Split, child_path
 
 Log = Callable[[str], None]
@@ -92,9 +94,10 @@ def split_cluster(
     if train:
         # Sibling clusters are learned together; the guide's targets are indices into `train`.
         sub = Split(layer, km.centroids[train], cfg.pool, reduction=reduction)
+        # very large clusters learn from a seeded subsample (large_fit.MAPPING_SAMPLES)
+        own_latents = [mapping_latents(latents, km.labels, i, seed) for i in train]
         result = fit_mappings(
-            # very large clusters learn from a seeded subsample (large_fit.MAPPING_SAMPLES)
-            [mapping_latents(latents, km.labels, i, seed) for i in train],
+            own_latents,
             run.mapping,
             guide=make_path_guide(G, run.tree, parent, sub),
             device=G.device,
@@ -103,8 +106,11 @@ def split_cluster(
             init=run.mappings.get(parent) if parent else None,
             prior=None if G.prior_is_standard_normal else G.prior(),
         )
-        for i, net in zip(train, result.networks):
-            run.mappings[child_path(parent, i)] = net
+        for i, net, own in zip(train, result.networks, own_latents):
+            path = child_path(parent, i)
+            run.mappings[path] = net
+            # the corrected sampler's map to the cluster's own moments (correction.py)
+            run.corrections[path] = fit_correction(G, net, own, derive_seed(seed, "correction", path))
         mapping_seconds, epochs = result.seconds, result.epochs
         # the epoch whose state each mapping keeps (earlier than `epochs` where it stopped on its own)
         stopped_at = {child_path(parent, i): e for i, e in zip(train, result.stopped_at)}

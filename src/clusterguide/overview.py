@@ -24,11 +24,13 @@ def row_label(sampler: ClusterSampler, path: str, method: str) -> str:
         lines.append(" > ".join(run.names.get(a, a) for a in chain))
     lines.append(f"p_c {stats.get('share', 0):.3f}  n {stats.get('size', 0)}")
     detail = f"@ {run.tree.layer_of(path)}"
-    if m.get("fidelity") is not None:
-        detail += f"  fidelity {m['fidelity']:.2f}"
+    # the fidelity of the samples shown: the corrected sampler's own where it is measured
+    fidelity = m.get("corrected_fidelity") if method == "corrected" else m.get("fidelity")
+    if fidelity is not None:
+        detail += f"  fidelity {fidelity:.2f}"
     lines.append(detail)
-    if method == "exact":
-        lines.append("exact samples")
+    if method in ("exact", "corrected"):
+        lines.append(f"{method} samples")
     return "\n".join(lines)
 
 

@@ -218,6 +218,7 @@ def _drop_subtree(run: Run, path: str) -> set[str]:
     for c in below:
         run.tree.stats.pop(c, None)
         run.mappings.pop(c, None)
+        run.corrections.pop(c, None)
         run.skipped.pop(c, None)
         run.names.pop(c, None)
     if "clusters" in run.metrics:

@@ -22,6 +22,7 @@ import torch
 
 import clusterguide
 from clusterguide import artifacts, checks, run_schema
+from clusterguide.correction import MomentMap
 from clusterguide.errors import NameTakenError, UserError
 from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.mapping import MappingConfig, MappingNetwork
@@ -64,6 +65,8 @@ class Run:
     mapping: MappingConfig
     tree: ClusterTree
     mappings: dict[str, MappingNetwork] = field(default_factory=dict)  # cluster path -> T_c
+    # cluster path -> the corrected sampler's moment map (correction.py); empty in older runs
+    corrections: dict[str, MomentMap] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # cluster path -> why it has no mapping
     metrics: dict = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # cluster path -> name
@@ -145,13 +148,21 @@ class Run:
             mapping_sha = artifacts.save_tensors(
                 stage / artifacts.MAPPINGS, mapping_tensors or {"_empty": torch.zeros(0)}
             )
+            files = {artifacts.CLUSTERS: cluster_sha, artifacts.MAPPINGS: mapping_sha}
+            # a map belongs to its mapping: one whose mapping was dropped is not saved
+            corrections = {p: m for p, m in self.corrections.items() if p in self.mappings}
+            if corrections:
+                files[artifacts.CORRECTIONS] = artifacts.save_tensors(
+                    stage / artifacts.CORRECTIONS,
+                    {k: v for p, m in corrections.items() for k, v in m.tensors(p).items()},
+                )
             artifacts.write_json(stage / artifacts.METRICS, self.metrics)
             artifacts.write_json(stage / artifacts.NAMES, self.names)
-            artifacts.write_json(stage / artifacts.CONFIG, self._config_json(cluster_sha, mapping_sha))
+            artifacts.write_json(stage / artifacts.CONFIG, self._config_json(files))
         self.path = run_dir
         return run_dir
 
-    def _config_json(self, cluster_sha: str, mapping_sha: str) -> dict:
+    def _config_json(self, files: dict[str, str]) -> dict:
         return {
             "format": artifacts.FORMAT,
             "class": "Run",
@@ -174,7 +185,7 @@ class Run:
             },
             "skipped": self.skipped,
             "history": self.history,
-            "files": {artifacts.CLUSTERS: cluster_sha, artifacts.MAPPINGS: mapping_sha},
+            "files": files,
         }
 
     @classmethod
@@ -252,6 +263,18 @@ class Run:
                     f"{run_dir}: mapping of cluster {p} does not load: {str(exc).splitlines()[0]}"
                 ) from None
             mappings[p] = net.eval()
+        corrections = {}
+        if artifacts.CORRECTIONS in files:
+            saved = artifacts.load_tensors(run_dir / artifacts.CORRECTIONS, files[artifacts.CORRECTIONS])
+            for p in sorted({key.split("::", 1)[0] for key in saved}, key=path_key):
+                if p not in mappings:
+                    raise UserError(
+                        f"{run_dir}: {artifacts.CORRECTIONS} has a map for {p!r}, which has no mapping"
+                    )
+                try:
+                    corrections[p] = MomentMap.from_tensors(saved, p, mappings[p].fc3.out_features)
+                except ValueError as exc:
+                    raise UserError(f"{run_dir}/{artifacts.CORRECTIONS}: {exc}") from None
         return cls(
             generator=GeneratorSpec.from_json(config["generator"]),
             generator_info=config["generator"].get("info", {}),
@@ -259,6 +282,7 @@ class Run:
             mapping=MappingConfig.from_json(config["mapping"]),
             tree=tree,
             mappings=mappings,
+            corrections=corrections,
             skipped=config.get("skipped", {}),
             metrics=metrics,
             names=names,
@@ -313,7 +337,14 @@ def read_names(run_dir: str | Path, checked: bool = True) -> dict[str, str]:
         raise run_schema.in_file(Path(run_dir), exc) from None
 
 
-_OWN_FILES = {artifacts.CONFIG, artifacts.CLUSTERS, artifacts.MAPPINGS, artifacts.NAMES, artifacts.METRICS}
+_OWN_FILES = {
+    artifacts.CONFIG,
+    artifacts.CLUSTERS,
+    artifacts.MAPPINGS,
+    artifacts.CORRECTIONS,
+    artifacts.NAMES,
+    artifacts.METRICS,
+}
 
 
 def _carry_other_files(src: Path, dst: Path) -> None:

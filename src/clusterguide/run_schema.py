@@ -165,6 +165,8 @@ def check_config(config: Any) -> None:
     files = checks.obj(config.get("files"), "config.json: files")
     for key in (artifacts.CLUSTERS, artifacts.MAPPINGS):
         checks.text(files.get(key), f"config.json: files.{key}", 200)
+    if artifacts.CORRECTIONS in files:  # runs fitted before the corrected sampler have none
+        checks.text(files[artifacts.CORRECTIONS], f"config.json: files.{artifacts.CORRECTIONS}", 200)
 
 
 def _check_event(event: Any, where: str) -> None:
