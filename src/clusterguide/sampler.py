@@ -196,8 +196,8 @@ class ClusterSampler:
         self, cluster: str | int, n: int, seed: int = 0, method: str = "imle", batch_size: int = 64
     ) -> SampleOutput:
         """``n`` images of ``cluster`` (a path like ``"1/0"`` or a name). ``imle``: G(T_c(e));
-        ``corrected``: those latents corrected (:mod:`correction`); ``exact``: prior samples that fall in the cluster. Image i of a seed does not depend on
-        ``n`` or ``batch_size``."""
+        ``corrected``: those latents corrected (:mod:`correction`); ``exact``: prior samples that
+        fall in the cluster. Image i of a seed does not depend on ``n`` or ``batch_size``."""
         check_seed(seed)
         if n < 1:
             raise UserError(f"-n must be at least 1 (got {n})")
