@@ -240,3 +240,31 @@ def test_a_misshapen_map_is_a_one_line_error_at_load(tiny_run, tmp_path):
     bad.save(tmp_path / "shape")
     with pytest.raises(UserError, match=f"source_mean of {path} is missing, of the wrong shape"):
         Run.load(tmp_path / "shape")
+
+
+def test_export_writes_the_corrected_samplers_images(tiny_run, tmp_path, capsys):
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from clusterguide.cli import main
+
+    run_dir, _ = tiny_run
+    args = ["export", str(run_dir), "-n", "40", "--seed", "3", "--shard-size", "7", "--mix", "uniform", "-q"]
+    assert main([*args, "--method", "corrected", "--out", str(tmp_path / "e")]) == 0
+    rows = pq.read_table(tmp_path / "e" / "manifest.parquet").to_pylist()
+    assert {r["method"] for r in rows} == {"corrected"}
+    sampler = ClusterSampler.load(run_dir)
+    for path in sorted({r["cluster"] for r in rows}):
+        own = sorted((r for r in rows if r["cluster"] == path), key=lambda r: r["index"])
+        ref = sampler.sample(path, len(own), seed=3, method="corrected")
+        got = np.stack([np.asarray(Image.open(tmp_path / "e" / r["file"])) for r in own])
+        assert np.array_equal(got, ref.images)
+        assert np.array_equal(np.array([r["latent"] for r in own], np.float32), ref.latents)
+    old = _without_corrections(run_dir, tmp_path / "old")
+    capsys.readouterr()
+    assert (
+        main(["export", str(old), "-n", "4", "--method", "corrected", "--out", str(tmp_path / "o"), "-q"])
+        == 2
+    )
+    assert "refit" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 import clusterguide
-from clusterguide import artifacts
+from clusterguide import artifacts, correction
 from clusterguide.errors import UserError
 from clusterguide.executor import Backend, run_tasks
 from clusterguide.mapping import draw_inputs
@@ -45,7 +45,7 @@ from clusterguide.run import Run
 from clusterguide.seeding import BLOCK, derive_seed
 
 FORMATS = ("png", "webdataset")
-METHODS = ("imle", "exact")
+METHODS = ("imle", "corrected", "exact")
 SYNTH_BATCH = 64  # images per generator pass, aligned within each cluster (see module docstring)
 PLAN = "export.json"  # the plan of an export in progress (what a re-run must match)
 MANIFEST = "manifest.parquet"
@@ -163,12 +163,19 @@ def make_plan(
         raise UserError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     paths, weights = choose_clusters(run, clusters, mix)
     counts = split_counts(n, weights)
-    if method == "imle":
+    if method in ("imle", "corrected"):
         missing = [p for p, c in zip(paths, counts) if c and p not in run.mappings]
         if missing:
             raise UserError(
                 f"cluster {missing[0]} has no mapping ({run.skipped.get(missing[0], 'none was trained')}); "
                 "use --method exact or leave it out"
+            )
+    if method == "corrected":
+        missing = [p for p, c in zip(paths, counts) if c and p not in run.corrections]
+        if missing:
+            raise UserError(
+                f"cluster {missing[0]} has no correction (the run was fitted before the corrected "
+                "sampler); refit it, or use --method imle or exact"
             )
     try:
         device_type = torch.device(device).type
@@ -260,8 +267,8 @@ class ExportJob:
         # that overlaps the shard in full, keep the shard's rows.
         lo = (shard.start // SYNTH_BATCH) * SYNTH_BATCH
         hi = min(-(-shard.stop // SYNTH_BATCH) * SYNTH_BATCH, shard.cluster_count)
-        if self.method == "imle":
-            z = self._imle_latents(G, shard.cluster, lo, hi)
+        if self.method in ("imle", "corrected"):
+            z = self._imle_latents(G, shard.cluster, lo, hi, corrected=self.method == "corrected")
             seeds = [derive_seed(self.seed, "e", shard.cluster)] * (shard.stop - shard.start)
         else:
             z = self._exact_latents(G, shard.cluster, lo, hi)
@@ -280,15 +287,19 @@ class ExportJob:
             pixels=None if self.encode else pixels,
         )
 
-    def _imle_latents(self, G: Any, path: str, lo: int, hi: int) -> torch.Tensor:
-        # The same rows, mapped in the same blocks, as ClusterSampler.imle_latents.
+    def _imle_latents(self, G: Any, path: str, lo: int, hi: int, corrected: bool = False) -> torch.Tensor:
+        # The same rows, mapped (and corrected) in the same blocks, as ClusterSampler.imle_latents
+        # (corrected_latents).
         net = self.fitted.mappings[path]
         stream = derive_seed(self.seed, "e", path)
         out = []
         first = (lo // BLOCK) * BLOCK
         for start in range(first, hi, BLOCK):
             e = draw_inputs(net, G.sample_latents, stream, start, BLOCK)
-            out.append(net(e.to(G.device)).cpu())
+            z = net(e.to(G.device))
+            if corrected:
+                z, _ = correction.corrected(G, self.fitted.tree, path, self.fitted.corrections[path], z)
+            out.append(z.cpu())
         return torch.cat(out)[lo - first : hi - first]
 
     def _exact_seed(self, path: str, index: int) -> int:
