@@ -181,6 +181,16 @@ def test_sample_matches_the_library_and_the_downloads(server, run_dir):
     np.testing.assert_array_equal(latents, direct.latents)
 
 
+def test_corrected_sampling_is_the_librarys(server, run_dir):
+    status, data = post(server, "/api/sample", {"cluster": "0", "method": "corrected", "seed": 2, "n": 4})
+    assert status == 200 and data["method"] == "corrected"
+    status, _, npz = request(server, "GET", data["npz_url"])
+    with np.load(io.BytesIO(npz), allow_pickle=False) as f:
+        direct = ClusterSampler.load(run_dir)("0", 4, seed=2, method="corrected")
+        np.testing.assert_array_equal(f["latents"], direct.latents)
+        np.testing.assert_array_equal(f["images"], direct.images)
+
+
 def test_sampling_is_deterministic_per_seed(server):
     a = post(server, "/api/sample", {"cluster": "2", "seed": 5, "n": 4})[1]
     b = post(server, "/api/sample", {"cluster": "2", "seed": 5, "n": 4})[1]

@@ -72,7 +72,7 @@ CONTENT_TYPES = {
     ".svg": "image/svg+xml",
     ".ico": "image/x-icon",
 }
-METHODS = ("imle", "exact")
+METHODS = ("imle", "corrected", "exact")
 MAX_N = 64  # images per draw
 DEFAULT_N = 16
 MAX_SEED = seeding.MAX_SEED  # one range for the CLI, the API and the gallery (the page: up to 2**53 - 1)
