@@ -1,6 +1,7 @@
 """The corrected sampler (correction.py): the moment map reaches the cluster's mean and covariance,
 the projection brings strays inside without touching the rest, samples do not depend on n and
-survive a save, older runs refuse it in one line, and refined leaves stay inside their path."""
+survive a save, older runs refuse it in one line, refined leaves stay inside their path, and the
+CLI and export give the library's samples."""
 
 from __future__ import annotations
 
@@ -8,11 +9,21 @@ import dataclasses
 import json
 import shutil
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
 from clusterguide import artifacts
-from clusterguide.correction import fit_moment_map, margin_function, project_inside, shrunk_covariance
+from clusterguide.cli import main
+from clusterguide.correction import (
+    MomentMap,
+    fit_moment_map,
+    margin_function,
+    project_inside,
+    shrunk_covariance,
+)
 from clusterguide.errors import UserError
 from clusterguide.refine import refine_run
 from clusterguide.run import Run
@@ -159,8 +170,6 @@ def test_a_refined_leafs_corrected_samples_stay_inside_its_parent_and_itself(tin
 
 
 def test_the_cli_samples_and_draws_a_grid_with_the_corrected_sampler(tiny_run, tmp_path, capsys):
-    from clusterguide.cli import main
-
     run_dir, run = tiny_run
     path = sorted(run.mappings)[0]
     assert (
@@ -181,8 +190,6 @@ def test_the_cli_samples_and_draws_a_grid_with_the_corrected_sampler(tiny_run, t
         == 0
     )
     assert "(corrected)" in capsys.readouterr().out
-    import numpy as np
-
     with np.load(tmp_path / "s.npz") as saved:
         assert saved["images"].shape[0] == 6
         latents = torch.from_numpy(saved["latents"])
@@ -229,8 +236,6 @@ def test_the_cli_samples_and_draws_a_grid_with_the_corrected_sampler(tiny_run, t
 
 
 def test_a_misshapen_map_is_a_one_line_error_at_load(tiny_run, tmp_path):
-    from clusterguide.correction import MomentMap
-
     _, run = tiny_run
     path = sorted(run.mappings)[0]
     d = run.mappings[path].fc3.out_features + 1
@@ -243,12 +248,6 @@ def test_a_misshapen_map_is_a_one_line_error_at_load(tiny_run, tmp_path):
 
 
 def test_export_writes_the_corrected_samplers_images(tiny_run, tmp_path, capsys):
-    import numpy as np
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    from clusterguide.cli import main
-
     run_dir, _ = tiny_run
     args = ["export", str(run_dir), "-n", "40", "--seed", "3", "--shard-size", "7", "--mix", "uniform", "-q"]
     assert main([*args, "--method", "corrected", "--out", str(tmp_path / "e")]) == 0
