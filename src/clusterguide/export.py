@@ -171,12 +171,8 @@ def make_plan(
                 "use --method exact or leave it out"
             )
     if method == "corrected":
-        missing = [p for p, c in zip(paths, counts) if c and p not in run.corrections]
-        if missing:
-            raise UserError(
-                f"cluster {missing[0]} has no correction (the run was fitted before the corrected "
-                "sampler); refit it, or use --method imle or exact"
-            )
+        for path in (p for p, c in zip(paths, counts) if c):
+            run.correction_for(path)
     try:
         device_type = torch.device(device).type
     except RuntimeError:

@@ -107,6 +107,17 @@ class Run:
             raise UserError(f"cluster {path} has no mapping ({why}); use --method exact")
         return self.mappings[path]
 
+    def correction_for(self, path: str) -> MomentMap:
+        """The corrected sampler's moment map of ``path``; one-line error for a cluster without one."""
+        moment_map = self.corrections.get(path)
+        if moment_map is None:
+            self.mapping_for(path)  # a cluster without a mapping says that first
+            raise UserError(
+                f"cluster {path} has no correction (the run was fitted before the corrected sampler); "
+                "refit it, or use --method imle or exact"
+            )
+        return moment_map
+
     def cluster_metrics(self, path: str) -> dict:
         for row in self.metrics.get("clusters", []):
             if str(row.get("id")) == path:

@@ -16,7 +16,8 @@ per-index streams (:mod:`seeding`), and the networks run in eval mode.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,39 +104,34 @@ class ClusterSampler:
         return path
 
     # ---- latents ------------------------------------------------------------------------------
+    def _mapped_blocks(self, path: str, seed: int) -> Iterator[torch.Tensor]:
+        """T_c(e) for the seed's e stream, one whole block of BLOCK rows at a time: a matmul's
+        rounding can depend on how many rows it sees, so mapping exactly the requested rows would
+        tie sample i to n."""
+        net = self.run.mapping_for(path).to(self.device).eval()
+        stream = derive_seed(seed, "e", path)
+        for start in itertools.count(0, BLOCK):
+            with torch.no_grad():
+                yield net(
+                    draw_inputs(net, self.generator.sample_latents, stream, start, BLOCK).to(self.device)
+                )
+
     @torch.no_grad()
     def imle_latents(self, cluster: str, n: int, seed: int = 0) -> torch.Tensor:
         path = self.run.resolve(cluster)
-        net = self.run.mapping_for(path).to(self.device).eval()
-        stream = derive_seed(seed, "e", path)
-        out = []
-        # Map whole blocks of the e stream at a time: a matmul's rounding can depend on how many
-        # rows it sees, so mapping exactly the requested rows would tie sample i to n.
-        for start in range(0, n, BLOCK):
-            e = draw_inputs(net, self.generator.sample_latents, stream, start, BLOCK)
-            out.append(net(e.to(self.device)).cpu()[: n - start])
-        return torch.cat(out)
+        blocks = self._mapped_blocks(path, seed)
+        return torch.cat([next(blocks).cpu()[: n - start] for start in range(0, n, BLOCK)])
 
     def corrected_latents(self, cluster: str, n: int, seed: int = 0) -> torch.Tensor:
-        """The ``imle`` latents of the seed (the same inputs e), corrected (:mod:`correction`)."""
+        """The ``imle`` latents of the seed (the same inputs e), corrected (:mod:`correction`) in
+        the same whole blocks."""
         path = self.run.resolve(cluster)
-        net = self.run.mapping_for(path).to(self.device).eval()
-        moment_map = self.run.corrections.get(path)
-        if moment_map is None:
-            raise UserError(
-                f"cluster {path} has no correction (the run was fitted before the corrected sampler); "
-                "refit it, or use --method imle or exact"
-            )
-        stream = derive_seed(seed, "e", path)
+        moment_map = self.run.correction_for(path)
+        blocks = self._mapped_blocks(path, seed)
         out = []
         with bar(n, desc=f"corrected samples of {path}", unit="image", show=n >= PROGRESS_FROM) as b:
-            # whole blocks, as imle_latents: sample i must not depend on n
             for start in range(0, n, BLOCK):
-                with torch.no_grad():
-                    mapped = net(
-                        draw_inputs(net, self.generator.sample_latents, stream, start, BLOCK).to(self.device)
-                    )
-                z, _ = corrected(self.generator, self.run.tree, path, moment_map, mapped)
+                z, _ = corrected(self.generator, self.run.tree, path, moment_map, next(blocks))
                 out.append(z.cpu()[: n - start])
                 b.update(min(BLOCK, n - start))
         return torch.cat(out)

@@ -147,6 +147,16 @@ mapping_settings_option = click.option(
 )
 
 
+# sample, grid and export: how a cluster's latents are drawn (sampler.METHODS)
+method_option = click.option(
+    "--method",
+    type=click.Choice(["imle", "corrected", "exact"]),
+    default="imle",
+    show_default=True,
+    help="imle: G(T_c(e)); corrected: moved to the cluster's moments and projected inside; exact: rejection.",
+)
+
+
 def quiet_option(f):
     @click.option(
         "--quiet", "-q", is_flag=True, help="No progress bars (or, without a terminal, stage lines)."

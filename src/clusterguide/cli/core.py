@@ -23,6 +23,7 @@ from clusterguide.cli.common import (
     family_options,
     generator_options,
     mapping_settings_option,
+    method_option,
     output_file,
     quiet_option,
 )
@@ -169,13 +170,7 @@ def _sampler(run_dir: str, device: str, class_label: int | None):
 @click.option("--cluster", required=True, help="Cluster path (e.g. 2 or 1/0) or name.")
 @click.option("-n", "n", type=IMAGES, default=16, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option(
-    "--method",
-    type=click.Choice(["imle", "corrected", "exact"]),
-    default="imle",
-    show_default=True,
-    help="imle: G(T_c(e)); corrected: moved to the cluster's moments and projected inside; exact: rejection.",
-)
+@method_option
 @click.option(
     "--class", "class_label", type=CLASS, default=None, help="Sample another class (cross-class transfer)."
 )
@@ -213,13 +208,7 @@ def sample(run_dir, cluster, n, seed, method, class_label, batch_size, device, o
 @click.option("--out", required=True, help="PNG file for the overview.")
 @click.option("--per-cluster", type=Whole(1, 256), default=8, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option(
-    "--method",
-    type=click.Choice(["imle", "corrected", "exact"]),
-    default="imle",
-    show_default=True,
-    help="imle: G(T_c(e)); corrected: moved to the cluster's moments and projected inside; exact: rejection.",
-)
+@method_option
 @click.option("--class", "class_label", type=CLASS, default=None)
 @click.option("--device", type=DEVICE, default="cpu", show_default=True)
 @quiet_option

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from clusterguide.cli.common import SEED, WORKERS, Whole, quiet_option
+from clusterguide.cli.common import SEED, WORKERS, Whole, method_option, quiet_option
 
 
 def export_command_line(run_dir: str, out: str, n: int, clusters, mix, method, seed, fmt, shard_size) -> str:
@@ -37,9 +37,7 @@ SHARD = Whole(1, 1_000_000)  # images per shard
     show_default=True,
     help="How N splits over the clusters: prior (shares p_c), uniform, or weights like '0:0.5,2/1:0.5'.",
 )
-@click.option(
-    "--method", type=click.Choice(["imle", "corrected", "exact"]), default="imle", show_default=True
-)
+@method_option
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["png", "webdataset"]), default="png", show_default=True)
 @click.option("--shard-size", type=SHARD, default=1024, show_default=True, help="Images per shard.")
