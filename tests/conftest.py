@@ -46,3 +46,15 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     run, _ = fit_tiny(out)
     return out, run
+
+
+@pytest.fixture(scope="session")
+def refined_tiny_run(tiny_run, tmp_path_factory):
+    """(run_dir, RefineResult) of a copy of tiny_run with cluster 0 refined at block3 into 2
+    leaves; treat as read-only (copy it to refine again)."""
+    import shutil
+
+    from clusterguide.refine import refine_run
+
+    run_dir = shutil.copytree(tiny_run[0], tmp_path_factory.mktemp("runs") / "refined")
+    return run_dir, refine_run(run_dir, "0", "block3", 2, samples=400, epochs=8, log=lambda m: None)

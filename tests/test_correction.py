@@ -86,6 +86,24 @@ def test_projection_brings_strays_inside_and_leaves_the_rest_alone(tiny_run, tin
     assert (margins > 0).all() and margins.median() < 0.5
 
 
+def test_projection_with_a_floor_lifts_every_low_row_to_the_target(tiny_run, tiny_generator):
+    # bench/bench_distil.py's deeper targets: rows inside but below the floor move too
+    _, run = tiny_run
+    G = tiny_generator
+    z = G.sample_latents(300, 11)
+    margin = margin_function(G, run.tree, "1")
+    with torch.no_grad():
+        before = margin(z)
+    target = float(before[before > 0].median())
+    moved, _ = project_inside(G, run.tree, "1", z, target=target, below=0.999 * target)
+    with torch.no_grad():
+        after = margin(moved)
+    low = before <= 0.999 * target
+    assert low.sum() > (before <= 0).sum()  # some rows already inside were below the floor
+    assert torch.equal(moved[~low], z[~low])
+    assert (after[low] > 0.99 * target).float().mean() >= 0.95
+
+
 def test_corrected_samples_are_inside_and_do_not_depend_on_n_or_a_save(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     sampler = ClusterSampler.load(run_dir)
@@ -152,10 +170,9 @@ def test_a_damaged_corrections_file_is_a_one_line_error(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_refined_leafs_corrected_samples_stay_inside_its_parent_and_itself(tiny_run, tmp_path):
-    run_dir = shutil.copytree(tiny_run[0], tmp_path / "run")
-    out = refine_run(run_dir, "0", "block3", 2, samples=400, epochs=8, log=lambda m: None)
-    sampler = ClusterSampler.load(run_dir)
+def test_a_refined_leafs_corrected_samples_stay_inside_its_parent_and_itself(refined_tiny_run, tmp_path):
+    refined, out = refined_tiny_run
+    sampler = ClusterSampler.load(refined)
     G, tree = sampler.generator, sampler.run.tree
     leaves = [leaf for leaf in out.children if leaf in sampler.run.mappings]
     assert leaves and all(leaf in sampler.run.corrections for leaf in leaves)
@@ -164,6 +181,7 @@ def test_a_refined_leafs_corrected_samples_stay_inside_its_parent_and_itself(tin
         assert tree.membership(G, z, "0").mean() >= 0.99, leaf
         assert tree.membership(G, z, leaf).mean() >= 0.99, leaf
     # refining again drops the old leaves' maps with their mappings
+    run_dir = shutil.copytree(refined, tmp_path / "run")
     refine_run(run_dir, "0", "block2", 2, samples=400, epochs=2, force=True, log=lambda m: None)
     again = Run.load(run_dir)
     assert sorted(again.corrections) == sorted(again.mappings)

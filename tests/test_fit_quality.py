@@ -5,7 +5,6 @@ their whole path."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from clusterguide.errors import UserError
 from clusterguide.fit_metrics import exact_sets, split_reference
 from clusterguide.fitting import sample_prior
 from clusterguide.mapping import MappingConfig, check_settings, fit_mappings, parse_settings
-from clusterguide.refine import refine_run
 from clusterguide.run import FitConfig, Run
 from clusterguide.sampler import ClusterSampler
 from clusterguide.tree import ROOT
@@ -188,9 +186,8 @@ def test_metrics_say_where_each_mapping_stopped(tiny_run):
 
 
 @pytest.mark.slow
-def test_a_refined_leaf_stays_inside_its_parent_and_itself(tiny_run, tmp_path):
-    run_dir = shutil.copytree(tiny_run[0], tmp_path / "run")
-    out = refine_run(run_dir, "0", "block3", 2, samples=400, epochs=8, log=lambda m: None)
+def test_a_refined_leaf_stays_inside_its_parent_and_itself(refined_tiny_run):
+    run_dir, out = refined_tiny_run
     sampler = ClusterSampler.load(run_dir)
     G, tree = sampler.generator, sampler.run.tree
     for leaf in out.children:

@@ -429,60 +429,27 @@ def test_stages_report_start_and_end_when_stderr_is_not_a_terminal(tmp_path):
     run_dir = tmp_path / "run"
     fit = [a for a in FIT if a != "-q"]
     env = {**env_free, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "clusterguide", *fit, "--clusters", "2", "--out", str(run_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+
+    def cli(*args):
+        done = subprocess.run(
+            [sys.executable, "-m", "clusterguide", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    done = cli(*fit, "--clusters", "2", "--out", run_dir)
     lines = done.stderr.splitlines()
     assert "features @ block1: started (1 batch)" in lines, done.stderr
     assert any(line.startswith("features @ block1: done in ") for line in lines), done.stderr
     assert "s (features " in done.stdout and "evaluation and the rest" in done.stdout  # the time's split
-    sample = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "clusterguide",
-            "sample",
-            str(run_dir),
-            "--cluster",
-            "0",
-            "-n",
-            "1000",
-            "--out",
-            str(tmp_path / "s"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert sample.returncode == 0, sample.stderr[-2000:]
+    sample = cli("sample", run_dir, "--cluster", "0", "-n", "1000", "--out", tmp_path / "s")
     assert "images: started (16 batch)" in sample.stderr and "images: done in" in sample.stderr
-    quiet = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "clusterguide",
-            "sample",
-            str(run_dir),
-            "--cluster",
-            "0",
-            "-n",
-            "1000",
-            "-q",
-            "--out",
-            str(tmp_path / "q"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert quiet.returncode == 0 and quiet.stderr == ""
+    quiet = cli("sample", run_dir, "--cluster", "0", "-n", "1000", "-q", "--out", tmp_path / "q")
+    assert quiet.stderr == ""
 
 
 def test_outputs_in_unwritable_folders_are_refused_before_any_work(tiny_run, capsys):

@@ -131,15 +131,20 @@ def project_inside(
     path: str,
     z: torch.Tensor,
     max_steps: int = MAX_STEPS,
+    target: float = TARGET_MARGIN,
+    below: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``z`` with every row outside cluster ``path`` moved by Newton steps on its margin m
-    (z += (TARGET_MARGIN - m) grad m / |grad m|^2) until it is inside; rows inside are untouched and
+    (z += (target - m) grad m / |grad m|^2) until it is inside; rows inside are untouched and
     every row is treated on its own. Returns the latents and a mask of the rows still outside after
-    ``max_steps``. The caller fixes the batch (a step's rounding can depend on the rows beside)."""
+    ``max_steps``. The caller fixes the batch (a step's rounding can depend on the rows beside).
+
+    ``below`` > 0 moves every row whose margin is at most ``below``, not only those outside (deeper
+    targets for bench/bench_distil.py; keep it under ``target``, or rows that reach it stay "low")."""
     margin = margin_function(G, tree, path)
     z = z.detach().clone().to(G.device)
     with torch.no_grad():
-        outside = torch.nonzero(margin(z) <= 0)[:, 0]
+        outside = torch.nonzero(margin(z) <= below)[:, 0]
     # Only the rows still outside are carried on: a step moves nothing else, so nothing else needs
     # its margin again (the pass over every row is the expensive part at later layers).
     for _ in range(max_steps):
@@ -149,10 +154,10 @@ def project_inside(
             x = z[outside].clone().requires_grad_(True)
             m = margin(x)
             (grad,) = torch.autograd.grad(m.sum(), x)
-        step = (TARGET_MARGIN - m.detach()) / grad.pow(2).sum(1).clamp_min(1e-12)
+        step = (target - m.detach()) / grad.pow(2).sum(1).clamp_min(1e-12)
         z[outside] = z[outside] + step[:, None] * grad
         with torch.no_grad():
-            outside = outside[margin(z[outside]) <= 0]
+            outside = outside[margin(z[outside]) <= below]
     left = torch.zeros(z.shape[0], dtype=torch.bool)
     left[outside.cpu()] = True
     return z, left

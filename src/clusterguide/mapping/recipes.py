@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 from clusterguide.errors import UserError
 
@@ -131,6 +132,26 @@ ADDED_FIELDS = {
 }
 
 
+# The paper and residual recipes predate the fast recipe's adaptive parts: every one of them off.
+FAST_ONLY_OFF: dict[str, Any] = dict(
+    max_active_dims=1,
+    keep_target=0.9,
+    min_steps=0,
+    fidelity_target=0.0,
+    max_epoch_factor=1.0,
+    hinge_dims=0,
+    spread=0.0,
+    hinge_boost=1.0,
+    hinge_step=1.0,
+    fidelity_check=0,
+    cluster_stop=False,
+    steer_on_stall=False,
+    candidate_growth=1.0,
+    shrink_floor=1.0,
+    shrink_stopped=False,
+)
+
+
 @dataclass(frozen=True)
 class MappingConfig:
     """How the mappings are learned; saved with every run. The defaults are the ``fast`` recipe;
@@ -227,21 +248,7 @@ class MappingConfig:
                 staleness=1,
                 consistency=0.0,
                 guide_batch=128,
-                max_active_dims=1,
-                keep_target=0.9,
-                min_steps=0,
-                fidelity_target=0.0,
-                max_epoch_factor=1.0,
-                hinge_dims=0,
-                spread=0.0,
-                hinge_boost=1.0,
-                hinge_step=1.0,
-                fidelity_check=0,
-                cluster_stop=False,
-                steer_on_stall=False,
-                candidate_growth=1.0,
-                shrink_floor=1.0,
-                shrink_stopped=False,
+                **FAST_ONLY_OFF,
             ),
             "fast": MappingConfig(),
             "residual": MappingConfig(
@@ -249,21 +256,7 @@ class MappingConfig:
                 gamma=4.0,
                 consistency=1.0,
                 inflation=10.0,
-                max_active_dims=1,
-                keep_target=0.9,
-                min_steps=0,
-                fidelity_target=0.0,
-                max_epoch_factor=1.0,
-                hinge_dims=0,
-                spread=0.0,
-                hinge_boost=1.0,
-                hinge_step=1.0,
-                fidelity_check=0,
-                cluster_stop=False,
-                steer_on_stall=False,
-                candidate_growth=1.0,
-                shrink_floor=1.0,
-                shrink_stopped=False,
+                **FAST_ONLY_OFF,
             ),
         }
         return replace(presets[check_recipe(recipe)], **{k: v for k, v in overrides.items() if v is not None})
