@@ -25,6 +25,7 @@ import torch
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.guides import make_path_guide
 from clusterguide.mapping import MappingNetwork, draw_inputs
+from clusterguide.mapping.inputs import assignment_margin
 from clusterguide.tree import ClusterTree, parent_of
 
 # Samples of the mapping its moments are estimated from (the cluster's come from its latents).
@@ -115,14 +116,7 @@ def margin_function(G: GeneratorAdapter, tree: ClusterTree, path: str):
     parent = parent_of(path)
     guide = make_path_guide(G, tree, parent, tree.splits[parent])
     own = int(path.rsplit("/", 1)[-1])
-
-    def margin(z: torch.Tensor) -> torch.Tensor:
-        logits = guide(z)
-        others = logits.clone()
-        others[:, own] = float("-inf")
-        return logits[:, own] - others.max(1).values
-
-    return margin
+    return lambda z: assignment_margin(guide(z), own)
 
 
 def project_inside(

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from clusterguide.generators.base import GeneratorAdapter
+from clusterguide.mapping.inputs import assignment_margin
 from clusterguide.reduction import split_features
 from clusterguide.tree import ClusterTree, Split, parent_of
 
@@ -46,9 +47,7 @@ def make_path_guide(G: GeneratorAdapter, tree: ClusterTree, parent: str, split: 
         logits = base(z)
         outside = torch.zeros(logits.shape[0], device=logits.device)
         for ancestor, index in above:
-            a = ancestor(z)
-            others = a.scatter(1, torch.full((a.shape[0], 1), index, device=a.device), float("-inf"))
-            outside = outside + F.relu(others.max(1).values - a[:, index])
+            outside = outside + F.relu(-assignment_margin(ancestor(z), index))
         return torch.cat([logits, logits.max(1, keepdim=True).values + outside[:, None]], 1)
 
     return guide

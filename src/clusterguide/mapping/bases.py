@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from clusterguide.mapping.inputs import Guide, Prior
+from clusterguide.mapping.inputs import Guide, Prior, assignment_margin
 from clusterguide.mapping.networks import MappingNetwork
 from clusterguide.mapping.recipes import MappingConfig
 from clusterguide.seeding import derive_seed
@@ -49,9 +49,7 @@ def active_basis(
     grads = []
     for s in range(0, min(n, z.shape[0]), 256):
         zs = z[s : min(s + 256, n)].detach().clone().requires_grad_(True)
-        logits = guide(zs)
-        others = logits.scatter(1, torch.full((zs.shape[0], 1), cluster, device=logits.device), float("-inf"))
-        (grad,) = torch.autograd.grad((logits[:, cluster] - others.max(1).values).sum(), zs)
+        (grad,) = torch.autograd.grad(assignment_margin(guide(zs), cluster).sum(), zs)
         grads.append(grad.detach().double())
     grad = torch.cat(grads)
     ex = exclude.double()

@@ -19,6 +19,16 @@ Guide = Callable[[torch.Tensor], torch.Tensor]
 Prior = Callable[[int, torch.Generator], torch.Tensor]
 
 
+def assignment_margin(logits: torch.Tensor, own: int | torch.Tensor) -> torch.Tensor:
+    """Each row's own logit minus its best other one: positive inside its cluster, differentiable.
+    ``own`` is one index for every row, or a tensor of one index per row."""
+    if isinstance(own, torch.Tensor):
+        index = own.to(logits.device)[:, None]
+    else:
+        index = torch.full((logits.shape[0], 1), own, device=logits.device)
+    return logits.gather(1, index)[:, 0] - logits.scatter(1, index, float("-inf")).max(1).values
+
+
 def draw_inputs(
     net: MappingNetwork,
     sample_latents: Callable[[int, int, int], torch.Tensor],

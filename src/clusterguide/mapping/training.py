@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from clusterguide.errors import UserError
 from clusterguide.mapping.bases import cluster_basis, correction_basis, subspace_of
-from clusterguide.mapping.inputs import Guide, Prior, standard_normal
+from clusterguide.mapping.inputs import Guide, Prior, assignment_margin, standard_normal
 from clusterguide.mapping.matching import candidates_for, conditional_matches, pool_matches
 from clusterguide.mapping.networks import BatchedMapping, MappingNetwork, make_network, shrink_along
 from clusterguide.mapping.recipes import MappingConfig, check_recipe
@@ -176,19 +176,14 @@ def _consistency(
     flat = mapped.reshape(k * m, -1)
     target = torch.arange(k, device=flat.device).repeat_interleave(m)
 
-    def margin(logits: torch.Tensor, own_index: torch.Tensor) -> torch.Tensor:
-        own = logits.gather(1, own_index[:, None])[:, 0]
-        others = logits.scatter(1, own_index[:, None], float("-inf")).max(1).values
-        return others - own  # > 0: outside its own cluster
-
     live = slice(None) if active is None else active.to(flat.device).repeat_interleave(m).nonzero()[:, 0]
     outside = torch.zeros(k * m, dtype=torch.bool, device=flat.device)
     with torch.no_grad():
-        outside[live] = margin(guide(flat[live].detach()), target[live]) > 0
+        outside[live] = assignment_margin(guide(flat[live].detach()), target[live]) < 0
     inside = 1 - outside.reshape(k, m).float().mean(1).cpu()
     strays = outside.nonzero()[:, 0]
     if strays.numel():
-        per_stray = F.relu(margin(guide(flat[strays]), target[strays]))
+        per_stray = F.relu(-assignment_margin(guide(flat[strays]), target[strays]))
         if weights is not None:  # each cluster's own weight
             per_stray = per_stray * weights.to(per_stray.device)[target[strays]]
         hinge = per_stray.sum() / (k * m)
