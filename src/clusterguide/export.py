@@ -40,8 +40,8 @@ import clusterguide
 from clusterguide import artifacts, correction
 from clusterguide.errors import UserError
 from clusterguide.executor import Backend, run_tasks
-from clusterguide.mapping import draw_inputs
 from clusterguide.run import Run
+from clusterguide.sampler import mapped_blocks
 from clusterguide.seeding import BLOCK, derive_seed
 
 FORMATS = ("png", "webdataset")
@@ -286,13 +286,11 @@ class ExportJob:
     def _imle_latents(self, G: Any, path: str, lo: int, hi: int, corrected: bool = False) -> torch.Tensor:
         # The same rows, mapped (and corrected) in the same blocks, as ClusterSampler.imle_latents
         # (corrected_latents).
-        net = self.fitted.mappings[path]
-        stream = derive_seed(self.seed, "e", path)
-        out = []
         first = (lo // BLOCK) * BLOCK
-        for start in range(first, hi, BLOCK):
-            e = draw_inputs(net, G.sample_latents, stream, start, BLOCK)
-            z = net(e.to(G.device))
+        blocks = mapped_blocks(G, self.fitted.mappings[path], derive_seed(self.seed, "e", path), first)
+        out = []
+        for _ in range(first, hi, BLOCK):
+            z = next(blocks)
             if corrected:
                 z, _ = correction.corrected(G, self.fitted.tree, path, self.fitted.corrections[path], z)
             out.append(z.cpu())

@@ -29,13 +29,26 @@ from clusterguide.errors import UserError
 from clusterguide.generators.base import GeneratorAdapter
 from clusterguide.generators.registry import load_generator
 from clusterguide.imaging import to_uint8
-from clusterguide.mapping import draw_inputs
+from clusterguide.mapping import MappingNetwork, draw_inputs
 from clusterguide.progress import bar, progress
 from clusterguide.run import Run
 from clusterguide.seeding import BLOCK, check_seed, derive_seed
 
 METHODS = ("imle", "corrected", "exact")
 PROGRESS_FROM = 1000  # images from which synthesize reports progress
+
+
+def mapped_blocks(
+    G: GeneratorAdapter, net: MappingNetwork, stream: int, first: int = 0
+) -> Iterator[torch.Tensor]:
+    """T(e) for the inputs e of the random stream ``stream`` from row ``first`` (a multiple of BLOCK)
+    on, one whole block of BLOCK rows at a time: a matmul's rounding can depend on how many rows it
+    sees, so mapping exactly the requested rows would tie sample i to n. The sampler and export
+    both draw through this, so export image i is sample image i."""
+    net = net.to(G.device).eval()
+    for start in itertools.count(first, BLOCK):
+        with torch.no_grad():
+            yield net(draw_inputs(net, G.sample_latents, stream, start, BLOCK).to(G.device))
 
 
 @dataclass
@@ -105,16 +118,7 @@ class ClusterSampler:
 
     # ---- latents ------------------------------------------------------------------------------
     def _mapped_blocks(self, path: str, seed: int) -> Iterator[torch.Tensor]:
-        """T_c(e) for the seed's e stream, one whole block of BLOCK rows at a time: a matmul's
-        rounding can depend on how many rows it sees, so mapping exactly the requested rows would
-        tie sample i to n."""
-        net = self.run.mapping_for(path).to(self.device).eval()
-        stream = derive_seed(seed, "e", path)
-        for start in itertools.count(0, BLOCK):
-            with torch.no_grad():
-                yield net(
-                    draw_inputs(net, self.generator.sample_latents, stream, start, BLOCK).to(self.device)
-                )
+        return mapped_blocks(self.generator, self.run.mapping_for(path), derive_seed(seed, "e", path))
 
     @torch.no_grad()
     def imle_latents(self, cluster: str, n: int, seed: int = 0) -> torch.Tensor:
