@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from clusterguide import correction
+from clusterguide import artifacts, correction
+from clusterguide.errors import UserError
 from clusterguide.fit_metrics import measure_clusters
 from clusterguide.fitting import fit_run, sample_prior
 from clusterguide.generators import GeneratorSpec, load_generator
@@ -133,14 +134,26 @@ def main() -> None:
     )
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()
+    # one line and exit code 2 for settings that cannot run, before the fit
+    if args.clusters < 2 or args.samples < args.clusters:
+        ap.error("--clusters must be at least 2 and at most --samples")
+    if args.pairs < 1 or args.epochs < 0 or args.hinge_epochs < 0 or args.min_size < 0:
+        ap.error("--pairs must be at least 1; --epochs, --hinge-epochs and --min-size at least 0")
+    if args.out and (Path(args.out).is_dir() or not Path(args.out).resolve().parent.is_dir()):
+        ap.error(f"--out {args.out}: not a file in an existing folder")
+    if not 0 < args.depth < 1:
+        ap.error(f"--depth is a quantile, strictly between 0 and 1 (got {args.depth})")
     torch.set_num_threads(1)
     set_progress(sys.stderr.isatty())
     spec = GeneratorSpec("digiface-dcgan")
     G = load_generator(spec)
     fit_cfg = FitConfig(layer=args.layer, clusters=args.clusters, samples=args.samples, seed=args.seed)
-    run, _ = fit_run(
-        spec, fit_cfg, MappingConfig.preset("fast", seed=args.seed), generator=G, log=lambda m: None
-    )
+    try:
+        run, _ = fit_run(
+            spec, fit_cfg, MappingConfig.preset("fast", seed=args.seed), generator=G, log=lambda m: None
+        )
+    except UserError as exc:  # e.g. a layer the generator does not have
+        ap.error(str(exc))
     before = {r["id"]: r for r in run.metrics["clusters"]}
     latents = sample_prior(G, args.samples, args.seed)  # the fit's own latents (same stream)
     labels = run.tree.assign_at(G, latents, ROOT)
@@ -170,8 +183,8 @@ def main() -> None:
         )
     if args.out:
         rows = {p: {"mapping": before[p], "student": after[p], "depth": depths[p]} for p in judged}
-        with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "seconds": seconds, "rows": rows}, f, indent=1)
+        # atomic: an interrupted run leaves no half-written file
+        artifacts.write_json(args.out, {"args": vars(args), "seconds": seconds, "rows": rows})
 
 
 if __name__ == "__main__":
