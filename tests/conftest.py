@@ -40,6 +40,22 @@ def fit_tiny(
     return run, G
 
 
+def without_corrections(src, dst):
+    """A copy of run folder ``src`` at ``dst`` as a fit before the corrected sampler wrote it: no
+    moment maps, and none listed in its config."""
+    import json
+    import shutil
+
+    from clusterguide import artifacts
+
+    shutil.copytree(src, dst)
+    (dst / artifacts.CORRECTIONS).unlink()
+    config = json.loads((dst / artifacts.CONFIG).read_text())
+    del config["files"][artifacts.CORRECTIONS]
+    (dst / artifacts.CONFIG).write_text(json.dumps(config))
+    return dst
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """(run_dir, run) of a 3-cluster fit of tiny-dcgan at block1; treat as read-only."""

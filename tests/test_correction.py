@@ -6,13 +6,13 @@ CLI and export give the library's samples."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import without_corrections
 from PIL import Image
 
 from clusterguide import artifacts
@@ -136,18 +136,9 @@ def test_every_fit_reports_the_corrected_sampler_apart(tiny_run):
         assert r["corrected_seconds"] > 0
 
 
-def _without_corrections(src, dst):
-    shutil.copytree(src, dst)
-    (dst / artifacts.CORRECTIONS).unlink()
-    config = json.loads((dst / artifacts.CONFIG).read_text())
-    del config["files"][artifacts.CORRECTIONS]
-    (dst / artifacts.CONFIG).write_text(json.dumps(config))
-    return dst
-
-
 def test_a_run_fitted_before_the_corrected_sampler_loads_and_refuses_it_in_one_line(tiny_run, tmp_path):
     run_dir, _ = tiny_run
-    old = _without_corrections(run_dir, tmp_path / "old")
+    old = without_corrections(run_dir, tmp_path / "old")
     sampler = ClusterSampler.load(old)
     path = sorted(sampler.run.mappings)[0]
     assert sampler.sample(path, 2, method="imle").images.shape[0] == 2
@@ -229,7 +220,7 @@ def test_the_cli_samples_and_draws_a_grid_with_the_corrected_sampler(tiny_run, t
     )
     assert (tmp_path / "g.png").stat().st_size > 0
     # a run without the maps: one line on stderr, exit code 2
-    old = _without_corrections(run_dir, tmp_path / "old")
+    old = without_corrections(run_dir, tmp_path / "old")
     capsys.readouterr()
     assert (
         main(
@@ -278,7 +269,7 @@ def test_export_writes_the_corrected_samplers_images(tiny_run, tmp_path, capsys)
         got = np.stack([np.asarray(Image.open(tmp_path / "e" / r["file"])) for r in own])
         assert np.array_equal(got, ref.images)
         assert np.array_equal(np.array([r["latent"] for r in own], np.float32), ref.latents)
-    old = _without_corrections(run_dir, tmp_path / "old")
+    old = without_corrections(run_dir, tmp_path / "old")
     capsys.readouterr()
     assert (
         main(["export", str(old), "-n", "4", "--method", "corrected", "--out", str(tmp_path / "o"), "-q"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import without_corrections
 
 from clusterguide.cli import main
 from clusterguide.evaluation.probes import load_probe
@@ -138,6 +139,43 @@ def test_the_chosen_cluster_is_the_best_on_the_selection_stream(run_dir, evaluat
     }
     exact = ev.table2[0].rows[1]
     assert exact.select_share == pytest.approx(max(shares.values()))
+
+
+def test_corrected_rows_are_the_corrected_samples_and_skip_what_has_no_mapping(run_dir):
+    sampler = ClusterSampler.load(run_dir)
+    config = EvalConfig(
+        probe="image",
+        n=12,
+        select_n=6,
+        components=2,
+        steps=(1.0,),
+        ganspace_samples=200,
+        methods=("corrected",),
+    )
+    ev = evaluate(sampler, load_probe("image"), config, [parse_target("brightness>0.5")], trained={})
+    rows = {r.cluster: r for r in ev.table1 if r.method == "corrected"}
+    assert set(rows) == {"0", "1", "2"}
+    assert not rows["2"].measured and rows["0"].measured and rows["1"].measured  # 2 has no mapping
+    probe = load_probe("image")
+    for c in ("0", "1"):
+        corrected = sampler(c, 12, seed=config.seed, method="corrected").images
+        imle = sampler(c, 12, seed=config.seed, method="imle").images
+        assert np.allclose(
+            probe.measure(corrected).values["brightness"], rows[c].values["brightness"], atol=1e-3
+        )
+        # the tiny generator's brightness barely moves; its pixel diversity tells the methods apart
+        assert rows[c].diversity == pytest.approx(pixel_diversity(corrected), rel=1e-6)
+        assert rows[c].diversity != pytest.approx(pixel_diversity(imle), rel=1e-6)
+    best = ev.table2[0].rows[0]
+    assert best.method == "clusterguide (corrected)" and best.setting["cluster"] in ("0", "1")
+
+
+def test_corrected_rows_of_a_run_without_moment_maps_are_refused_before_any_work(run_dir, tmp_path, capsys):
+    old = without_corrections(run_dir, tmp_path / "old-run")
+    assert main(["evaluate", str(old), *SMALL, "--method", "corrected"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "refit" in err and "\n" not in err
+    assert main(["evaluate", str(old), *SMALL, "--method", "exact"]) == 0  # the other methods still run
 
 
 def test_evaluate_cli_prints_both_tables_and_writes_json(run_dir, capsys):

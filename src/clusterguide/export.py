@@ -41,11 +41,10 @@ from clusterguide import artifacts, correction
 from clusterguide.errors import UserError
 from clusterguide.executor import Backend, run_tasks
 from clusterguide.run import Run
-from clusterguide.sampler import mapped_blocks
+from clusterguide.sampler import METHODS, mapped_blocks
 from clusterguide.seeding import BLOCK, derive_seed
 
 FORMATS = ("png", "webdataset")
-METHODS = ("imle", "corrected", "exact")
 SYNTH_BATCH = 64  # images per generator pass, aligned within each cluster (see module docstring)
 PLAN = "export.json"  # the plan of an export in progress (what a re-run must match)
 MANIFEST = "manifest.parquet"

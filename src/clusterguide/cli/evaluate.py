@@ -30,9 +30,9 @@ def evaluation_options(f):
         click.option(
             "--method",
             "methods",
-            type=click.Choice(["imle", "exact"]),
+            type=click.Choice(["imle", "corrected", "exact"]),
             multiple=True,
-            help="Sampling method(s) of the clusters' rows (default: both).",
+            help="Sampling method(s) of the clusters' rows, repeatable (default: imle and exact).",
         ),
         click.option(
             "--target",

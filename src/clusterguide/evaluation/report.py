@@ -28,6 +28,7 @@ from clusterguide.sampler import ClusterSampler
 
 COLORS = {
     "imle": "#1f77b4",
+    "corrected": "#17becf",
     "exact": "#d62728",
     PRIOR: "#8c8c8c",
     "clustergan": "#ff7f0e",

@@ -42,7 +42,7 @@ class Table1Row:
 
     cluster: str  # the run's cluster path, "prior", or "<baseline>:<c>" for a trained baseline
     name: str  # the cluster's name (or a description of the row)
-    method: str  # "imle", "exact", "prior", or the trained baseline ("clustergan", "selfcond")
+    method: str  # "imle", "corrected", "exact", "prior", or a trained baseline ("clustergan", "selfcond")
     n: int  # images asked for
     share: float | None  # the cluster's share of its prior (p_c)
     skipped: str | None = None  # why no images were measured

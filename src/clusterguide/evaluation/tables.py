@@ -71,7 +71,7 @@ class EvalConfig:
     probe: str = "face"  # registered probe name
     n: int = 500  # images per row of both tables
     seed: int = 0  # seed of the evaluation streams (selection streams are derived from it)
-    methods: tuple[str, ...] = ("imle", "exact")  # sampling methods of this method's rows
+    methods: tuple[str, ...] = ("imle", "exact")  # sampling methods of this method's rows (sampler.METHODS)
     select_n: int = 64  # images per candidate when choosing a cluster, direction or step
     components: int = 10  # GANSpace / SeFa directions considered (strongest first)
     steps: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0)  # step lengths tried along a direction
@@ -178,9 +178,19 @@ def _sample(sampler: ClusterSampler, cluster: str, n: int, seed: int, method: st
     return sampler(cluster, n, seed=seed, method=method, batch_size=batch_size)
 
 
+def _unavailable(run: Run, cluster: str, method: str) -> str | None:
+    """Why ``method`` cannot sample ``cluster`` (None: it can). ``imle`` and ``corrected`` need the
+    cluster's mapping, ``corrected`` its moment map too; ``exact`` samples every cluster."""
+    if method in ("imle", "corrected") and cluster not in run.mappings:
+        return run.skipped.get(cluster, "no mapping")
+    if method == "corrected" and cluster not in run.corrections:
+        return "no correction (fitted before the corrected sampler)"
+    return None
+
+
 def _clusters_for(sampler: ClusterSampler, method: str) -> list[str]:
     run = sampler.run
-    return [c for c in run.clusters() if method != "imle" or c in run.mappings]
+    return [c for c in run.clusters() if _unavailable(run, c, method) is None]
 
 
 def baseline_cluster(method: str, cluster: int) -> str:
@@ -311,8 +321,8 @@ def table1(
     rows = []
     for cluster, method in progress(jobs, total=len(jobs), desc="Table 1", unit="cluster"):
         name, share = run.names.get(cluster, ""), run.tree.stats.get(cluster, {}).get("share")
-        if method == "imle" and cluster not in run.mappings:
-            skipped = run.skipped.get(cluster, "no mapping")
+        skipped = _unavailable(run, cluster, method)
+        if skipped is not None:
             rows.append(Table1Row(cluster, name, method, config.n, share, skipped=skipped))
             continue
         try:
@@ -554,6 +564,11 @@ def evaluate(
     config.check()
     check_targets(probe, list(targets))
     run = sampler.run
+    if "corrected" in config.methods and not run.corrections:
+        raise UserError(
+            "--method corrected needs the moment maps a fit writes (this run was fitted before the "
+            "corrected sampler); refit it, or use --method imle or exact"
+        )
     if trained is None:
         trained, info = trained_baselines(sampler, config)
     else:

@@ -57,6 +57,7 @@ from clusterguide.checks import CONTROL
 from clusterguide.errors import NameTakenError, UserError
 from clusterguide.imaging import grid_image
 from clusterguide.run import Run, read_names, set_name
+from clusterguide.sampler import METHODS
 
 if TYPE_CHECKING:
     from clusterguide.sampler import ClusterSampler
@@ -72,7 +73,6 @@ CONTENT_TYPES = {
     ".svg": "image/svg+xml",
     ".ico": "image/x-icon",
 }
-METHODS = ("imle", "corrected", "exact")
 MAX_N = 64  # images per draw
 DEFAULT_N = 16
 MAX_SEED = seeding.MAX_SEED  # one range for the CLI, the API and the gallery (the page: up to 2**53 - 1)
