@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -44,6 +45,8 @@ SMALL = [
     "image",
     "-q",
 ]
+# the library-level twin of SMALL
+CONFIG = EvalConfig(probe="image", n=12, select_n=6, components=2, steps=(1.0, 3.0), ganspace_samples=200)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def evaluation(run_dir):
     sampler = ClusterSampler.load(run_dir)
-    config = EvalConfig(probe="image", n=12, select_n=6, components=2, steps=(1.0, 3.0), ganspace_samples=200)
+    config = CONFIG
     targets = [parse_target("brightness>0.5"), parse_target("contrast<0.2")]
     return sampler, evaluate(sampler, load_probe("image"), config, targets, trained={})
 
@@ -143,15 +146,7 @@ def test_the_chosen_cluster_is_the_best_on_the_selection_stream(run_dir, evaluat
 
 def test_corrected_rows_are_the_corrected_samples_and_skip_what_has_no_mapping(run_dir):
     sampler = ClusterSampler.load(run_dir)
-    config = EvalConfig(
-        probe="image",
-        n=12,
-        select_n=6,
-        components=2,
-        steps=(1.0,),
-        ganspace_samples=200,
-        methods=("corrected",),
-    )
+    config = dataclasses.replace(CONFIG, methods=("corrected",))
     ev = evaluate(sampler, load_probe("image"), config, [parse_target("brightness>0.5")], trained={})
     rows = {r.cluster: r for r in ev.table1 if r.method == "corrected"}
     assert set(rows) == {"0", "1", "2"}
