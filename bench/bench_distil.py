@@ -10,7 +10,9 @@ target just inside the boundary out of it). ``--epochs`` of MSE, then ``--hinge-
 consistency hinge on the student's own margin added (the gradient pass the fit's hinge already
 pays), taken on fresh inputs every step (``--hinge-on fresh``) or on the pairs' own. The students
 are measured by fit_metrics.measure_clusters, on the same fresh inputs and exact sets as the fit's
-own figures, and printed beside the mapping's and the corrected sampler's.
+own figures, and printed beside the mapping's and the corrected sampler's. ``--fresh-pairs`` draws a
+new set of pairs every epoch (round sixteen); ``--width`` trains a wider student that starts as an
+exact copy of the mapping.
 docs/benchmarks.md (round fifteen) has the figures:
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_distil.py --layer block1 --clusters 16 --seed 0
@@ -53,6 +55,27 @@ def goal(row: dict, prefix: str = "") -> bool:
     )
 
 
+@torch.no_grad()
+def widened(net: MappingNetwork, width: int) -> MappingNetwork:
+    """A copy of ``net`` with ``width`` hidden units per layer that computes the same function:
+    the new units start with random inputs and no effect on the old units or the output."""
+    old = net.fc1.out_features
+    if width < old:
+        raise ValueError(f"--width {width} is narrower than the mapping's {old}")
+    wide = MappingNetwork(net.aux_dim, width, net.fc3.out_features, net.residual)
+    wide.fc1.weight[:old] = net.fc1.weight
+    wide.fc2.weight[:old] = 0.0  # old units read nothing new ...
+    wide.fc2.weight[:old, :old] = net.fc2.weight
+    wide.fc3.weight.zero_()  # ... and the output reads no new unit
+    wide.fc3.weight[:, :old] = net.fc3.weight
+    for a, b in ((wide.bn1, net.bn1), (wide.bn2, net.bn2)):
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(a, name)[:old] = getattr(b, name)
+    if net.shrink_basis is not None:
+        wide.shrink_toward(net.shrink_scale, net.shrink_center, net.shrink_basis)
+    return wide.to(net.fc1.weight.device)
+
+
 def distil(
     G: GeneratorAdapter, run: Run, path: str, members: torch.Tensor, args: argparse.Namespace
 ) -> tuple[MappingNetwork, float]:
@@ -61,29 +84,39 @@ def distil(
     margin = correction.margin_function(G, run.tree, path)
     with torch.no_grad():
         depth = float(torch.quantile(margin(members[:2048].to(G.device)).cpu(), args.depth))
-        e = draw_inputs(teacher, G.sample_latents, derive_seed(args.seed, "distil", path), 0, args.pairs)
-        e = e.to(G.device)
-        moved = run.corrections[path].apply(teacher(e))
-    targets = torch.cat(
-        [
-            correction.project_inside(
-                G, run.tree, path, moved[i : i + CHUNK], target=depth, below=0.999 * depth
-            )[0]
-            for i in range(0, args.pairs, CHUNK)
-        ]
-    )
-    student = copy.deepcopy(teacher).train()
+    pair_stream = derive_seed(args.seed, "distil", path)
+
+    def pairs(offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``--pairs`` inputs e from ``offset`` of the cluster's pair stream, and their targets."""
+        with torch.no_grad():
+            e = draw_inputs(teacher, G.sample_latents, pair_stream, offset, args.pairs).to(G.device)
+            moved = run.corrections[path].apply(teacher(e))
+        targets = torch.cat(
+            [
+                correction.project_inside(
+                    G, run.tree, path, moved[i : i + CHUNK], target=depth, below=0.999 * depth
+                )[0]
+                for i in range(0, args.pairs, CHUNK)
+            ]
+        )
+        return e, targets
+
+    e, targets = pairs(0)
+    student = (widened(teacher, args.width) if args.width else copy.deepcopy(teacher)).train()
     order = torch.Generator().manual_seed(args.seed)
 
-    fresh_stream, drawn = derive_seed(args.seed, "distil-fresh", path), 0
+    fresh_stream, drawn, epochs_done = derive_seed(args.seed, "distil-fresh", path), 0, 0
 
     def train(epochs: int, lr: float, hinge: bool) -> None:
-        nonlocal drawn
+        nonlocal drawn, epochs_done, e, targets
         steps = epochs * -(-args.pairs // BATCH)
         opt = torch.optim.Adam(student.parameters(), lr=lr)
         # the MSE stage anneals to a close fit; the hinge stage only nudges the strays in
         sched = None if hinge else torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         for _ in range(epochs):
+            if args.fresh_pairs and epochs_done:  # a new set every epoch: the student never sees one twice
+                e, targets = pairs(epochs_done * args.pairs)
+            epochs_done += 1
             perm = torch.randperm(args.pairs, generator=order)
             for i in range(0, args.pairs, BATCH):
                 idx = perm[i : i + BATCH]
@@ -132,6 +165,12 @@ def main() -> None:
     ap.add_argument(
         "--depth", type=float, default=0.25, help="quantile of the members' margins targets reach"
     )
+    ap.add_argument(
+        "--fresh-pairs",
+        action="store_true",
+        help="draw a new set of --pairs pairs every epoch (the corrected sampler's cost, every epoch)",
+    )
+    ap.add_argument("--width", type=int, default=0, help="hidden units of the student (0: the mapping's own)")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()
     # one line and exit code 2 for settings that cannot run, before the fit
@@ -141,6 +180,9 @@ def main() -> None:
         ap.error("--pairs must be at least 1; --epochs, --hinge-epochs and --min-size at least 0")
     if args.out and (Path(args.out).is_dir() or not Path(args.out).resolve().parent.is_dir()):
         ap.error(f"--out {args.out}: not a file in an existing folder")
+    mapping_width = MappingConfig.preset("fast").width
+    if args.width and args.width < mapping_width:
+        ap.error(f"--width {args.width} is narrower than the mapping's {mapping_width} (0: the same)")
     if not 0 < args.depth < 1:
         ap.error(f"--depth is a quantile, strictly between 0 and 1 (got {args.depth})")
     torch.set_num_threads(1)
