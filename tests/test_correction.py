@@ -161,6 +161,24 @@ def test_a_damaged_corrections_file_is_a_one_line_error(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_projection_on_a_refined_leaf_moves_only_what_is_outside_it(refined_tiny_run):
+    # a leaf's members have a positive margin along its path (guides.make_path_guide), so they are
+    # left alone and what is reported left outside is what is
+    refined, out = refined_tiny_run
+    sampler = ClusterSampler.load(refined)
+    G, tree = sampler.generator, sampler.run.tree
+    leaf = out.children[0]
+    z = G.sample_latents(300, 11)
+    inside_before = torch.from_numpy(tree.membership(G, z, leaf))
+    assert 0 < inside_before.sum() < 300
+    moved, still_out = project_inside(G, tree, leaf, z)
+    inside_after = torch.from_numpy(tree.membership(G, moved, leaf))
+    assert torch.equal(moved[inside_before], z[inside_before])
+    assert torch.equal(~inside_after, still_out)
+    assert inside_after.float().mean() >= 0.95
+
+
+@pytest.mark.slow
 def test_a_refined_leafs_corrected_samples_stay_inside_its_parent_and_itself(refined_tiny_run, tmp_path):
     refined, out = refined_tiny_run
     sampler = ClusterSampler.load(refined)

@@ -13,6 +13,8 @@ import torch
 import clusterguide.refine as refine_module
 from clusterguide.cli import main
 from clusterguide.errors import UserError
+from clusterguide.guides import make_path_guide
+from clusterguide.mapping.inputs import assignment_margin
 from clusterguide.overview import overview_image
 from clusterguide.refine import collect_latents, refine_run
 from clusterguide.run import Run, set_name
@@ -103,6 +105,27 @@ def test_a_refined_mapping_stays_inside_its_parent(fitted, tmp_path):
         z = sampler.imle_latents(leaf, 300, seed=1)
         in_parent = (sampler.run.tree.assign_at(sampler.generator, z, "") == 1).mean()
         assert in_parent > 0.8, (leaf, in_parent)  # 0.29 / 0.36 without the path guide and parent start
+
+
+def test_the_path_guide_gives_members_a_positive_margin_with_a_gradient(tree_dir):
+    # at depth two and three: the subspace choice (mapping/bases.py) and the corrected sampler
+    # follow this margin's gradient; the argmax is the membership, as the hinge and fidelity use it
+    sampler = ClusterSampler.load(tree_dir)
+    G, tree = sampler.generator, sampler.run.tree
+    z = G.sample_latents(2000, 3)
+    for leaf in ("1/1", "1/0/0", "1/0/1"):
+        parent = parent_of(leaf)
+        guide = make_path_guide(G, tree, parent, tree.splits[parent])
+        own = int(leaf.rsplit("/", 1)[-1])
+        x = z.clone().requires_grad_(True)
+        logits = guide(x)
+        margin = assignment_margin(logits, own)
+        (grad,) = torch.autograd.grad(margin.sum(), x)
+        member = torch.from_numpy(tree.membership(G, z, leaf))
+        assert 0 < member.sum() < len(z), leaf
+        assert torch.equal(logits.argmax(1) == own, member), leaf
+        assert (margin[member] > 0).all() and (margin[~member] <= 0).all(), leaf
+        assert (grad[member].norm(dim=1) > 0).all(), leaf
 
 
 def test_grid_has_one_labelled_row_per_leaf(tree_dir):

@@ -34,7 +34,15 @@ def make_path_guide(G: GeneratorAdapter, tree: ClusterTree, parent: str, split: 
     "outside the path", that beats every sibling by how far a sample is outside ``parent``'s cluster
     at any split above it. A leaf is the intersection of one cell per split along its path, and the
     siblings' cells alone reach far outside the parent: without this column the consistency hinge
-    happily moves a refined cluster's samples out of its parent."""
+    happily moves a refined cluster's samples out of its parent.
+
+    Inside the parent the column sits below the best sibling by the parent's own margin (the least
+    over the splits above), so a child's margin is the smaller of its margin among its siblings and
+    its parent's: positive and differentiable inside, as for a flat cluster. (A column level with
+    the best sibling there gave every member margin 0 and gradient 0: the subspace choice then
+    picked arbitrary directions for refined clusters, and the corrected sampler took every member
+    for a stray.) Outside the parent the column is what it was, and no argmax changes: inside, the
+    best sibling won the tie before and wins outright now."""
     base = make_guide(G, split)
     if not parent:
         return base
@@ -45,9 +53,9 @@ def make_path_guide(G: GeneratorAdapter, tree: ClusterTree, parent: str, split: 
 
     def guide(z: torch.Tensor) -> torch.Tensor:
         logits = base(z)
-        outside = torch.zeros(logits.shape[0], device=logits.device)
-        for ancestor, index in above:
-            outside = outside + F.relu(-assignment_margin(ancestor(z), index))
-        return torch.cat([logits, logits.max(1, keepdim=True).values + outside[:, None]], 1)
+        margins = torch.stack([assignment_margin(ancestor(z), index) for ancestor, index in above], 1)
+        # outside: the sum of how far out at each split (zero inside); inside: minus the least margin
+        shift = F.relu(-margins).sum(1) - F.relu(margins.min(1).values)
+        return torch.cat([logits, logits.max(1, keepdim=True).values + shift[:, None]], 1)
 
     return guide
