@@ -40,6 +40,7 @@ def test_fit_sample_grid_info(tmp_path, capsys):
     code, out, err = run_cli(capsys, *FIT, "--clusters", "3", "--out", run_dir)
     assert code == 0, err
     assert "fidelity" in out and (run_dir / "metrics.json").exists()
+    assert "recall >= 0.9 x ceiling: the mapping " in out  # the verdict on issue 12's bars
     code, out, err = run_cli(
         capsys, "sample", run_dir, "--cluster", "1", "-n", "5", "--seed", "2", "--out", tmp_path / "s"
     )
@@ -70,6 +71,7 @@ def test_fit_sample_grid_info(tmp_path, capsys):
     assert overview.height >= 3 * 64  # one row per cluster
     code, out, err = run_cli(capsys, "info", run_dir)
     assert code == 0 and "tiny-dcgan" in out and "block1" in out
+    assert "x ceiling: the mapping " in out
 
 
 def test_fit_refuses_to_overwrite_without_force(tmp_path, capsys):

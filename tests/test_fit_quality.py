@@ -1,6 +1,6 @@
 """What the fit's quality rests on: k-means that reaches the optimum, precision/recall measured
-against fresh exact samples, a usable default mapping config, and refined leaves that stay inside
-their whole path."""
+against fresh exact samples and judged against issue 12's bars, a usable default mapping config,
+and refined leaves that stay inside their whole path."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from clusterguide.clustering import fit_kmeans
+from clusterguide.display import metrics_table
 from clusterguide.errors import UserError
 from clusterguide.fit_metrics import exact_sets, split_reference
 from clusterguide.fitting import sample_prior
 from clusterguide.mapping import MappingConfig, check_settings, fit_mappings, parse_settings
+from clusterguide.metrics import meets_goal
 from clusterguide.run import FitConfig, Run
 from clusterguide.sampler import ClusterSampler
 from clusterguide.tree import ROOT
@@ -170,6 +172,44 @@ def test_the_ceiling_is_below_one(tiny_run):
     assert rows
     assert all(r["exact_samples"] > 5 for r in rows)
     assert all(r["precision_ceiling"] < 1 and r["recall_ceiling"] < 1 for r in rows)
+
+
+def _row(cluster, fidelity, recall, ceiling=0.8, corrected=(1.0, 0.78)):
+    return {
+        "id": cluster,
+        "fidelity": fidelity,
+        "recall": recall,
+        "recall_ceiling": ceiling,
+        "corrected_fidelity": corrected[0],
+        "corrected_recall": corrected[1],
+    }
+
+
+def test_the_goal_needs_both_bars_and_is_relative_to_the_ceiling():
+    assert meets_goal(_row("0", 0.95, 0.721)) is True  # fidelity on its bar, recall just past 0.9 x 0.8
+    assert meets_goal(_row("0", 0.949, 0.8)) is False  # fidelity short
+    assert meets_goal(_row("0", 0.99, 0.71)) is False  # recall short of 0.9 x the ceiling
+    assert meets_goal(_row("0", 0.99, 0.5, ceiling=0.55)) is True  # a low ceiling lowers the bar
+    assert meets_goal(_row("0", 0.99, 0.71), prefix="corrected_") is True
+    assert meets_goal({"id": "0", "fidelity": None, "recall": None, "recall_ceiling": 0.8}) is None
+    assert meets_goal(_row("0", 0.99, 0.8, ceiling=None)) is None
+
+
+def test_the_metrics_table_names_the_clusters_short_of_the_goal():
+    rows = [
+        _row("0", 0.97, 0.75),
+        _row("1", 0.93, 0.75),
+        _row("2", 0.97, 0.6, corrected=(1.0, 0.6)),
+        {"id": "3", "fidelity": None, "recall": None, "recall_ceiling": None},
+    ]
+    line = metrics_table({"clusters": rows}).splitlines()[-1]
+    assert line == (
+        "fidelity >= 0.95 and recall >= 0.9 x ceiling: the mapping 1 of 3 (short: 1, 2); "
+        "--method corrected 2 of 3 (short: 2)"
+    )
+    # a run saved before the figures existed gets no verdict rather than a wrong one
+    old = [{"id": "0", "fidelity": 0.97, "recall": None, "recall_ceiling": None}]
+    assert "x ceiling" not in metrics_table({"clusters": old})
 
 
 def test_metrics_say_where_each_mapping_stopped(tiny_run):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from clusterguide.metrics import FIDELITY_GOAL, RECALL_SHARE_GOAL, meets_goal
+
 
 def fmt(value, digits: int = 3) -> str:
     if value is None:
@@ -61,4 +63,24 @@ def metrics_table(metrics: dict, names: dict[str, str] | None = None) -> str:
         "same in the space the split clustered in (full features, or its stored PCA in a reduced run); "
         "*ceiling: what independent exact samples score; corr_*: the same samples with --method corrected"
     )
-    return table(headers, rows) + "\n" + note
+    goal = goal_line(metrics.get("clusters", []))
+    return table(headers, rows) + "\n" + note + (f"\n{goal}" if goal else "")
+
+
+def goal_line(rows: list[dict]) -> str:
+    """How many clusters meet both of issue 12's bars, with the mapping and with ``--method
+    corrected``, naming those short of them; empty when no row has the figures."""
+    parts = []
+    for label, prefix in (("the mapping", ""), ("--method corrected", "corrected_")):
+        verdicts = {r["id"]: meets_goal(r, prefix) for r in rows}
+        judged = [c for c, ok in verdicts.items() if ok is not None]
+        if not judged:
+            continue
+        short = [c for c in judged if not verdicts[c]]
+        parts.append(
+            f"{label} {len(judged) - len(short)} of {len(judged)}"
+            + (f" (short: {', '.join(map(str, short))})" if short else "")
+        )
+    if not parts:
+        return ""
+    return f"fidelity >= {FIDELITY_GOAL} and recall >= {RECALL_SHARE_GOAL} x ceiling: " + "; ".join(parts)

@@ -1,4 +1,5 @@
-"""How well a cluster's mapping stands for the cluster: fidelity, norm ratio, precision, recall.
+"""How well a cluster's mapping stands for the cluster: fidelity, norm ratio, precision, recall,
+and the bars a sampler is held to on them (``meets_goal``).
 
 - ``fidelity``: share of mapped samples T_c(e) whose representation is assigned back to c (along
   the whole path for a refined cluster).
@@ -84,3 +85,22 @@ def distribution_scores(
 
 def norm_ratio(mapped: np.ndarray, cluster_latents: np.ndarray) -> float:
     return float(np.linalg.norm(mapped, axis=1).mean() / np.linalg.norm(cluster_latents, axis=1).mean())
+
+
+# The bars a sampler of a cluster is held to (issue 12, docs/benchmarks.md): its samples land in the
+# cluster at least this often, and cover at least this share of what independent exact samples
+# cover (the recall ceiling, so a weak metric is not taken for a weak sampler).
+FIDELITY_GOAL = 0.95
+RECALL_SHARE_GOAL = 0.9
+
+
+def meets_goal(row: dict, prefix: str = "") -> bool | None:
+    """Whether a cluster's metrics row (``metrics.json``) meets both bars, fidelity >=
+    ``FIDELITY_GOAL`` and recall >= ``RECALL_SHARE_GOAL`` x its recall ceiling, with the mapping's
+    own samples (``prefix`` "") or the corrected sampler's (``"corrected_"``); None where the row
+    lacks one of the figures (a skipped cluster, a run saved before they were measured)."""
+    fidelity, recall = row.get(f"{prefix}fidelity"), row.get(f"{prefix}recall")
+    ceiling = row.get("recall_ceiling")
+    if fidelity is None or recall is None or not ceiling:
+        return None
+    return bool(fidelity >= FIDELITY_GOAL and recall >= RECALL_SHARE_GOAL * ceiling)

@@ -27,7 +27,7 @@ from clusterguide.cli.common import (
     output_file,
     quiet_option,
 )
-from clusterguide.display import metrics_table, table
+from clusterguide.display import goal_line, metrics_table, table
 from clusterguide.errors import UserError
 from clusterguide.generators.registry import GeneratorSpec, load_generator
 
@@ -277,6 +277,9 @@ def info(run_dir):
     click.echo(
         table(["cluster", "name", "layer", "size", "p_c", "fidelity", "norm_ratio", "recall", "node"], rows)
     )
+    goal = goal_line([{**run.cluster_metrics(path), "id": path} for path in run.clusters()])
+    if goal:
+        click.echo(goal)
     if run.skipped:
         for path, why in run.skipped.items():
             click.echo(f"  note: cluster {path} has no mapping: {why}")
