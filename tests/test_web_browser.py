@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clusterguide.metrics import meets_goal
 from clusterguide.run import Run
 from clusterguide.web import make_server
 
@@ -125,6 +126,13 @@ def test_page_shows_every_leaf_with_its_grid_and_stats(page, gallery, run_dir):
         expect(c.locator(".size")).to_have_text(f"{run.tree.stats[path]['size']:,}")
         expect(c.locator(".meta")).to_contain_text("seed 0 · 16 images")
         assert c.locator("img.grid").evaluate("i => i.naturalWidth") > 0
+        # the fidelity box's tooltip gives the verdict on issue 12's bars, as `fit` printed it
+        verdict = meets_goal(run.cluster_metrics(path))
+        title = c.locator(".fid").get_attribute("title")
+        if verdict is None:
+            assert "0.9 × ceiling" not in title
+        else:
+            assert ("meets fidelity" if verdict else "short of fidelity") in title, title
     expect(card(page, "1/0").locator(".crumbs")).to_contain_text("refined from 1 at layer block2")
     # a cluster without a mapping says so and is drawn exactly
     expect(card(page, "1/1").locator(".message")).to_contain_text("no mapping")

@@ -24,6 +24,7 @@ from clusterguide.errors import UserError
 from clusterguide.fitting import fit_run, sample_prior, split_cluster
 from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.mapping import MappingConfig
+from clusterguide.metrics import meets_goal
 from clusterguide.run import FitConfig, Run, set_name
 from clusterguide.sampler import ClusterSampler
 from clusterguide.web import make_server
@@ -154,6 +155,15 @@ def test_run_lists_every_cluster_with_its_stats(server, run_dir):
         assert by_path[path]["fidelity"] == run.cluster_metrics(path).get("fidelity")
     assert by_path["1/0"]["depth"] == 2 and by_path["1/0"]["layer"] == "block2"
     assert by_path["1/1"]["mapping"] is False and by_path["1/1"]["fidelity"] is None
+    # the verdict on issue 12's bars, per sampler, as the fit printed it; none without figures
+    for path in run.clusters():
+        m = run.cluster_metrics(path)
+        assert by_path[path]["meets_goal"] == {
+            "imle": meets_goal(m),
+            "corrected": meets_goal(m, "corrected_"),
+        }
+    assert by_path["1/1"]["meets_goal"]["imle"] is None  # no mapping, no figures
+    assert any(c["meets_goal"]["imle"] is not None for c in data["clusters"])
     assert data["generator"] == "tiny-dcgan" and data["limits"]["n_max"] == 64
 
 

@@ -56,6 +56,7 @@ from clusterguide import artifacts, seeding
 from clusterguide.checks import CONTROL
 from clusterguide.errors import NameTakenError, UserError
 from clusterguide.imaging import grid_image
+from clusterguide.metrics import meets_goal
 from clusterguide.run import Run, read_names, set_name
 from clusterguide.sampler import METHODS
 
@@ -228,6 +229,8 @@ class Gallery:
                     "norm_ratio": _finite(m.get("norm_ratio")),
                     "precision": _finite(m.get("precision")),
                     "recall": _finite(m.get("recall")),
+                    # issue 12's bars (metrics.meets_goal) for each sampler; null without the figures
+                    "meets_goal": {"imle": meets_goal(m), "corrected": meets_goal(m, "corrected_")},
                     "mapping": path in run.mappings,
                     "skipped": run.skipped.get(path),
                 }

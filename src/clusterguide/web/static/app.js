@@ -99,6 +99,14 @@ function crumbsOf(cluster) {
   return out;
 }
 
+// issue 12's bars (fidelity >= 0.95 and recall >= 0.9 x what exact samples reach), per sampler
+function goalText(goal) {
+  if (!goal || goal.imle === null || goal.imle === undefined) return "";
+  if (goal.imle) return "\nmeets fidelity ≥ 0.95 and recall ≥ 0.9 × ceiling";
+  const fix = goal.corrected ? " (Corrected mapping meets them)" : "";
+  return `\nshort of fidelity ≥ 0.95 and recall ≥ 0.9 × ceiling${fix}`;
+}
+
 function makeCard(cluster) {
   const el = $("#card-template").content.firstElementChild.cloneNode(true);
   el.dataset.cluster = cluster.path;
@@ -112,7 +120,7 @@ function makeCard(cluster) {
   const meter = $(".meter", el);
   meter.dataset.level = fidelityClass(cluster.fidelity);
   $("span", meter).style.width = `${Math.round(100 * (cluster.fidelity || 0))}%`;
-  $(".fid", el).title = "share of mapped samples that land in this cluster";
+  $(".fid", el).title = "share of mapped samples that land in this cluster" + goalText(cluster.meets_goal);
   const crumbs = crumbsOf(cluster);
   if (crumbs.length) {
     const c = $(".crumbs", el);
