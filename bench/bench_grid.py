@@ -175,8 +175,6 @@ def finished(out_dir: Path, overlays: list[Path]) -> list[dict]:
     same name, the last one's (a rerun after a fix, kept in its own folder) wins."""
     cells = {path.stem: path for path in out_dir.glob("*.json")}
     for folder in overlays:
-        if not folder.is_dir():
-            raise SystemExit(f"bench_grid: no such folder: {folder}")
         cells.update({path.stem: path for path in folder.glob("*.json")})
     return [json.loads(path.read_text()) for path in cells.values()]
 
@@ -256,6 +254,9 @@ def main() -> None:
     args = ap.parse_args()
     out_dir = Path(args.out)
     if args.table:
+        for folder in args.overlay:
+            if not folder.is_dir():
+                ap.error(f"--overlay {folder}: not a folder")
         print(table(out_dir, args.overlay))
         return
     torch.set_num_threads(1)

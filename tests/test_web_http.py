@@ -164,6 +164,7 @@ def test_run_lists_every_cluster_with_its_stats(server, run_dir):
         }
     assert by_path["1/1"]["meets_goal"]["imle"] is None  # no mapping, no figures
     assert any(c["meets_goal"]["imle"] is not None for c in data["clusters"])
+    assert data["goal"] == {"fidelity": 0.95, "recall_share": 0.9}
     assert data["generator"] == "tiny-dcgan" and data["limits"]["n_max"] == 64
 
 

@@ -56,7 +56,7 @@ from clusterguide import artifacts, seeding
 from clusterguide.checks import CONTROL
 from clusterguide.errors import NameTakenError, UserError
 from clusterguide.imaging import grid_image
-from clusterguide.metrics import meets_goal
+from clusterguide.metrics import FIDELITY_GOAL, RECALL_SHARE_GOAL, meets_goal
 from clusterguide.run import Run, read_names, set_name
 from clusterguide.sampler import METHODS
 
@@ -244,6 +244,8 @@ class Gallery:
             "seed": run.fit.seed,
             "recipe": run.mapping.recipe,
             "methods": list(METHODS),
+            # the bars each cluster's meets_goal is judged against, for the page to say
+            "goal": {"fidelity": FIDELITY_GOAL, "recall_share": RECALL_SHARE_GOAL},
             "limits": {
                 "n_max": MAX_N,
                 "n_default": DEFAULT_N,
