@@ -17,14 +17,9 @@ from PIL import Image
 
 from clusterguide import artifacts
 from clusterguide.cli import main
-from clusterguide.correction import (
-    MomentMap,
-    fit_moment_map,
-    margin_function,
-    project_inside,
-    shrunk_covariance,
-)
+from clusterguide.correction import margin_function, project_inside
 from clusterguide.errors import UserError
+from clusterguide.moments import MomentMap, fit_moment_map, shrunk_covariance
 from clusterguide.refine import refine_run
 from clusterguide.run import Run
 from clusterguide.sampler import ClusterSampler

@@ -4,6 +4,7 @@ and refined leaves that stay inside their whole path."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -264,10 +265,8 @@ def test_a_shrunk_mapping_saves_and_loads_and_samples_the_same(tiny_run, tmp_pat
     path = sorted(run.mappings)[0]
     net = run.mappings[path]
     dim = net.fc3.out_features
-    shrunk = dataclasses.replace(
-        run, mappings={**run.mappings, path: type(net)(dim, net.fc1.out_features, dim, True)}
-    )
-    shrunk.mappings[path].load_state_dict(net.state_dict())
+    # a copy, with whatever fold the fit gave it (the shrink comes before the fold)
+    shrunk = dataclasses.replace(run, mappings={**run.mappings, path: copy.deepcopy(net)})
     directions = torch.linalg.qr(torch.randn(dim, 3, generator=torch.Generator().manual_seed(0)))[0]
     shrunk.mappings[path].shrink_toward(0.7, torch.full((dim,), 0.1), directions)
     shrunk.mappings[path].eval()
@@ -285,3 +284,16 @@ def test_a_shrunk_mapping_saves_and_loads_and_samples_the_same(tiny_run, tmp_pat
     shrunk.save(tmp_path / "broken")
     with pytest.raises(UserError, match="shrink"):
         Run.load(tmp_path / "broken")
+    # the fit folded its mappings (mapping/fold.py), and the folds are saved and loaded with them
+    folded = [p for p, m in run.mappings.items() if m.fold_matrix is not None]
+    assert folded, "the tiny fit kept no fold"
+    with torch.no_grad():
+        for p in folded:
+            assert loaded.mappings[p].fold_normals is not None
+            assert torch.equal(loaded.mappings[p].fold_normals, run.mappings[p].fold_normals)
+    # ... and a fold saved without its faces' offsets is a one-line error at load
+    unfolded = copy.deepcopy(run.mappings[folded[0]])
+    unfolded.fold_offsets = None
+    dataclasses.replace(run, mappings={**run.mappings, folded[0]: unfolded}).save(tmp_path / "broken-fold")
+    with pytest.raises(UserError, match="fold"):
+        Run.load(tmp_path / "broken-fold")

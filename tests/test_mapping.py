@@ -27,6 +27,9 @@ from clusterguide.mapping import (
     moment_basis,
     standard_normal,
 )
+from clusterguide.mapping.fold import SHIFTS, Faces, choose_shift, energy_distance, find_faces, fit_fold
+from clusterguide.mapping.networks import reflect
+from clusterguide.mapping.training import past_target
 from clusterguide.metrics import norm_ratio, precision_recall, project
 from clusterguide.seeding import randn_streams
 from clusterguide.tree import ClusterTree, Split
@@ -248,8 +251,9 @@ def test_correction_directions_lift_the_keep_to_the_fidelity_target():
 def test_fast_mapping_moves_latents_only_inside_its_subspace(tiny_clusters):
     G, z, km, split = tiny_clusters
     latents = [z[torch.from_numpy(km.labels == c)] for c in range(3)]
-    # at most 2 + 8 drawn and 2 correction directions: fewer than the 16 of the latent space
-    cfg = MappingConfig.preset("fast", epochs=3, width=32, batch_size=64, hinge_dims=2)
+    # at most 2 + 8 drawn and 2 correction directions: fewer than the 16 of the latent space; the
+    # fold after training moves every coordinate (it is tested on its own in test_fit_quality.py)
+    cfg = MappingConfig.preset("fast", epochs=3, width=32, batch_size=64, hinge_dims=2, fold=False)
     nets = fit_mappings(latents, cfg, guide=make_guide(G, split)).networks
     dims = cfg.moment_dims + cfg.max_active_dims + cfg.hinge_dims
     for net in nets:
@@ -324,7 +328,8 @@ def test_residual_recipes_learn_on_a_non_gaussian_prior(recipe):
     def prior(n, gen):
         return torch.randn(n, dim, generator=gen) * scale
 
-    cfg = MappingConfig.preset(recipe, epochs=6, width=32, batch_size=128)
+    # without the fold, which moves any mapping to its cluster's moments and would hide a wrong prior
+    cfg = MappingConfig.preset(recipe, epochs=6, width=32, batch_size=128, fold=False)
     ratios = {}
     for name, p in (("prior", prior), ("gaussian", None)):
         nets = fit_mappings(latents, cfg, guide=guide, prior=p).networks
@@ -456,7 +461,8 @@ def test_choose_shrink_takes_the_largest_factor_that_gets_past_the_target():
 def test_clusters_that_never_stop_are_shrunk_toward_the_target(tiny_clusters):
     G, z, km, split = tiny_clusters
     latents = [z[torch.from_numpy(km.labels == c)] for c in range(3)]
-    base = dict(epochs=2, width=32, batch_size=64, max_epoch_factor=1.0)
+    # the shrink alone (a fold after it moves the samples to the cluster's moments again)
+    base = dict(epochs=2, width=32, batch_size=64, max_epoch_factor=1.0, fold=False)
     guide = make_guide(G, split)
     unshrunk = fit_mappings(
         latents, MappingConfig(fidelity_target=1.01, shrink_floor=1.0, **base), guide=guide
@@ -691,3 +697,135 @@ def test_the_fidelity_check_maps_as_the_sampler_does():
     with torch.no_grad():
         train_mode = model(e)
     assert not torch.allclose(train_mode, mapped)  # the check would differ in training mode
+
+
+# --- the fold (mapping/fold.py) ---------------------------------------------------------------
+
+
+def _slab_logits(x: torch.Tensor) -> torch.Tensor:
+    """Three clusters of N(0, I) in 3-d: 0 is the slab |x_0| < 1 (68% of the prior), 1 and 2 the
+    two sides beyond it; the assignment margin of 0 is 1 - |x_0|."""
+    return torch.stack([torch.zeros_like(x[:, 0]), x[:, 0] - 1, -x[:, 0] - 1], 1)
+
+
+def test_reflect_mirrors_rows_outside_a_face_and_leaves_the_rest():
+    normals = torch.tensor([[1.0, 0.0]])  # inside: x_0 >= -1
+    x = torch.tensor([[-3.0, 2.0], [0.5, -1.0], [-1.0, 4.0]])
+    out = reflect(x, normals, torch.tensor([-1.0]))
+    assert torch.equal(out, torch.tensor([[1.0, 2.0], [0.5, -1.0], [-1.0, 4.0]]))
+
+
+def test_faces_are_the_boundaries_the_samples_cross():
+    x = torch.randn(4000, 3, generator=torch.Generator().manual_seed(0)) * 1.5
+    faces = find_faces(_slab_logits, 0, x)
+    assert faces.normals.shape == (2, 3)  # one per neighbour crossed, none for the third axis
+    # inward normals +-e_0, at the boundary points x_0 = -+1 (the Newton steps aim 0.05 inside)
+    expected = {1: torch.tensor([-1.0, 0, 0]), -1: torch.tensor([1.0, 0, 0])}
+    for normal, offset in zip(faces.normals, faces.offsets):
+        side = -1 if normal[0] > 0 else 1
+        assert float(normal @ expected[side]) > 0.999
+        assert abs(float(offset) - (-0.95)) < 0.01
+    # a cluster nothing leaves has no faces
+    assert find_faces(_slab_logits, 0, x[x[:, 0].abs() < 0.9]).normals.shape == (0, 3)
+
+    # one neighbour on both sides (as "outside the parent" is for a refined cluster): its
+    # crossings disagree, and are split into the two faces
+    def one_outside(z: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.zeros_like(z[:, 0]), z[:, 0].abs() - 1], 1)
+
+    split = find_faces(one_outside, 0, x)
+    assert split.normals.shape == (2, 3)
+    assert sorted(round(float(n[0])) for n in split.normals) == [-1, 1]
+
+
+def test_a_fold_gives_a_narrow_mapping_the_clusters_spread_and_keeps_it_inside():
+    """A mapping that sits deep inside its slab (a third of the exact variance) gets most of the
+    cluster's spread back and still lands inside; a fold that would let more samples out than the mapping
+    does is not kept."""
+    g = torch.Generator().manual_seed(1)
+    prior = torch.randn(60_000, 3, generator=g)
+    latents = prior[prior[:, 0].abs() < 1][:4000]
+    net = MappingNetwork(3, 8, 3, residual=True).eval()  # the identity (its last layer is zero)
+    net.shrink_toward(0.3, torch.zeros(3), torch.eye(3)[:, :1])  # x_0 at 0.3 x the prior's
+    fit_inputs, check_inputs = prior[:4096], prior[10_000:12_048]
+    need = past_target(0.95, check_inputs.shape[0])
+    with torch.no_grad():
+        before = net(check_inputs)
+    choice = fit_fold(net, latents, _slab_logits, 0, fit_inputs, check_inputs, need)
+    assert choice.kept and choice.faces == 2 and choice.share >= need
+    fresh = torch.randn(4000, 3, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        after = net(fresh)
+    assert float((after[:, 0].abs() < 1).float().mean()) > 0.95
+    exact_var = float(latents[:, 0].var())  # about 0.29
+    assert float(before[:, 0].var()) < 0.35 * exact_var  # 0.3^2 of the prior's, a third of the slab's
+    # the Gaussian with the slab's variance spills 7.5% of its mass, and the reflection puts it
+    # back nearer the middle: most of the spread comes back, not all (a uniform slab is wider)
+    assert 0.7 * exact_var < float(after[:, 0].var()) < 1.05 * exact_var
+
+    # a cluster of many thin bands (sin(10 x_0) > -0.9, 86% of the prior) has no few faces: a
+    # fold would let far more out than a mapping kept well inside one band
+    def bands(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.zeros_like(x[:, 0]), -0.9 - torch.sin(10 * x[:, 0])], 1)
+
+    inner = MappingNetwork(3, 8, 3, residual=True).eval()
+    inner.shrink_toward(0.01, torch.zeros(3), torch.eye(3)[:, :1])  # x_0 within 0.04 of 0
+    in_bands = prior[torch.sin(10 * prior[:, 0]) > -0.9][:4000]
+    refused = fit_fold(inner, in_bands, bands, 0, fit_inputs, check_inputs, need)
+    assert refused.faces > 0 and not refused.kept and refused.share < min(need, refused.share_before)
+    assert inner.fold_matrix is None
+
+
+def test_the_fold_pulls_its_faces_in_by_the_least_shift_that_keeps_samples_inside():
+    """Faces placed outside the slab's true boundary (|x_0| = 1.2 instead of 1) leave the samples
+    between the two outside; the shift chosen is the least that brings the share to the need."""
+    x = torch.randn(20_000, 3, generator=torch.Generator().manual_seed(3)) * 0.55
+    faces = Faces(
+        torch.tensor([[1.0, 0, 0], [-1.0, 0, 0]]), torch.tensor([-1.2, -1.2]), torch.tensor([0.1, 0.1])
+    )
+
+    def inside(z: torch.Tensor) -> torch.Tensor:
+        return z[:, 0].abs() < 1
+
+    def share_at(shift: float) -> float:
+        return float(inside(reflect(x, faces.normals, faces.offsets + shift * faces.spreads)).float().mean())
+
+    need = 0.97  # short of what the right faces (a shift of 2) reach
+    shift, share = choose_shift(x, faces, inside, need)
+    assert share == pytest.approx(share_at(shift)) and share >= need
+    assert shift > 0 and share_at(SHIFTS[SHIFTS.index(shift) - 1]) < need  # the least that does
+    assert share_at(0.0) < 0.96  # the misplaced faces alone let a few percent out
+    assert share < share_at(2.0)  # a larger shift would keep more inside, but is not needed
+    # a need no shift reaches: the best share of all
+    shift, share = choose_shift(x, faces, inside, 1.01)
+    assert share == pytest.approx(max(share_at(s) for s in SHIFTS))
+
+
+class _HalfNormal(MappingNetwork):
+    """A mapping that is exact for the half-space x_0 > 0: e with its first coordinate made positive."""
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return torch.cat([e[:, :1].abs(), e[:, 1:]], 1)
+
+
+def test_a_fold_that_would_move_samples_away_from_the_cluster_is_not_kept():
+    """Half the prior (x_0 > 0) reaches into the prior's tail, which a Gaussian with the half's
+    moments does not: folded, the samples all land inside but are farther from the cluster's
+    latents than the mapping's own, and the fold is not kept."""
+    g = torch.Generator().manual_seed(4)
+    prior = torch.randn(20_000, 3, generator=g)
+    latents = prior[prior[:, 0] > 0][:4000]
+
+    def half(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, 0], -x[:, 0]], 1)
+
+    net = _HalfNormal(3, 8, 3, residual=True).eval()
+    need = past_target(0.95, 2048)
+    choice = fit_fold(net, latents, half, 0, prior[:4096], prior[10_000:12_048], need)
+    assert choice.faces == 1 and choice.share >= need  # the fold alone would pass the check
+    assert not choice.kept and net.fold_matrix is None
+    # the distance it is judged by: near zero between two samples of one distribution, and
+    # growing with a shift
+    other = prior[prior[:, 0] > 0][4000:8000]
+    assert energy_distance(latents[:2000], other[:2000]) < 0.01
+    assert energy_distance(latents[:2000], other[:2000] + 0.3) > 0.05

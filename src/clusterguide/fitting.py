@@ -111,7 +111,7 @@ def split_cluster(
             run.mappings[path] = net
             # the corrected sampler's map to the cluster's own moments (correction.py)
             run.corrections[path] = fit_correction(G, net, own, derive_seed(seed, "correction", path))
-        mapping_seconds, epochs = result.seconds, result.epochs
+        mapping_seconds, epochs, fold_seconds = result.seconds, result.epochs, result.fold_seconds
         # the epoch whose state each mapping keeps (earlier than `epochs` where it stopped on its own)
         stopped_at = {child_path(parent, i): e for i, e in zip(train, result.stopped_at)}
         # ... and those that never got past the fidelity target, whose kept epoch is their best
@@ -121,8 +121,15 @@ def split_cluster(
         drawn = {child_path(parent, i): d for i, d in zip(train, result.drawn or [])}
         # fast: the factor each shrunk cluster's drawn coordinates were scaled by (training.choose_shrink)
         shrink = {child_path(parent, i): s for i, s in zip(train, result.shrink or []) if s < 1}
+        # fast: each mapping's fold (mapping/fold.py): its faces and inward shift, None where the
+        # fold was not kept (short of the target, and fewer fresh samples inside than without it)
+        fold = {
+            child_path(parent, i): {"faces": f.faces, "shift": f.shift} if f.kept else None
+            for i, f in zip(train, result.fold or [])
+        }
     else:
-        mapping_seconds, epochs, stopped_at, best_epoch, drawn, shrink = 0.0, 0, {}, [], {}, {}
+        mapping_seconds, epochs, stopped_at, best_epoch, drawn, shrink, fold = 0.0, 0, {}, [], {}, {}, {}
+        fold_seconds = 0.0
     timings = {
         "features_s": features_s,
         "kmeans_s": kmeans_s,
@@ -132,6 +139,8 @@ def split_cluster(
         "best_epoch": best_epoch,
         "drawn": drawn,
         "shrink": shrink,
+        "fold": fold,
+        "fold_s": fold_seconds,  # of mappings_s
     }
     rows = measure_clusters(G, run, children, latents, km.labels)
     by_id = {r["id"]: r for r in run.metrics.get("clusters", [])}

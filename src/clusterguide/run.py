@@ -22,10 +22,10 @@ import torch
 
 import clusterguide
 from clusterguide import artifacts, checks, run_schema
-from clusterguide.correction import MomentMap
 from clusterguide.errors import NameTakenError, UserError
 from clusterguide.generators.registry import GeneratorSpec
 from clusterguide.mapping import MappingConfig, MappingNetwork
+from clusterguide.moments import MomentMap
 from clusterguide.reduction import Reduction
 from clusterguide.tree import ClusterTree, Split, path_key
 
@@ -267,6 +267,15 @@ class Run:
                 # a mapping shrunk after training (training.choose_shrink)
                 _check_shrink(run_dir, p, arch, state)
                 net.shrink_toward(state["shrink_scale"], state["shrink_center"], state["shrink_basis"])
+            if any(name in state for name in MappingNetwork.FOLD):
+                # a mapping folded after training (mapping/fold.py)
+                _check_fold(run_dir, p, arch, state)
+                dim = arch["latent_dim"]
+                net.fold_with(
+                    MomentMap(state["fold_source"], state["fold_target"], state["fold_matrix"]),
+                    state["fold_normals"].reshape(-1, dim),
+                    state["fold_offsets"],
+                )
             try:
                 net.load_state_dict(state, strict=True)
             except RuntimeError as exc:
@@ -333,6 +342,28 @@ def _check_shrink(run_dir: Path, path: str, arch: dict, state: dict[str, torch.T
         raise UserError(
             f"{run_dir}: mapping of cluster {path}: its shrink needs shrink_scale (one value), "
             f"shrink_center ({dim}) and shrink_basis ({dim} x d)"
+        )
+
+
+def _check_fold(run_dir: Path, path: str, arch: dict, state: dict[str, torch.Tensor]) -> None:
+    source, target, matrix, normals, offsets = (state.get(name) for name in MappingNetwork.FOLD)
+    dim = arch["latent_dim"]
+    if (
+        source is None
+        or target is None
+        or matrix is None
+        or normals is None
+        or offsets is None
+        or tuple(source.shape) != (dim,)
+        or tuple(target.shape) != (dim,)
+        or tuple(matrix.shape) != (dim, dim)
+        or normals.dim() != 2
+        or normals.shape[1] != dim
+        or tuple(offsets.shape) != (normals.shape[0],)
+    ):
+        raise UserError(
+            f"{run_dir}: mapping of cluster {path}: its fold needs fold_source and fold_target "
+            f"({dim}), fold_matrix ({dim} x {dim}), fold_normals (f x {dim}) and fold_offsets (f)"
         )
 
 

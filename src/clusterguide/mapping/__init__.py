@@ -29,7 +29,13 @@ Three recipes share one network shape (3 bias-free fully connected layers, batch
   once as one batched network, for ``epochs`` and up to twice as many while some cluster is
   still short of the target; each stops on its own once past it. One that never gets there
   keeps its best epoch, and its drawn coordinates are then shrunk toward its samples' mean by
-  the largest factor whose fresh samples get past the target (``shrink_floor``).
+  the largest factor whose fresh samples get past the target (``shrink_floor``). Last, each
+  mapping is folded (``fold``, :mod:`~clusterguide.mapping.fold`): its output moved to the
+  cluster's own mean and covariance and reflected back across the cluster's boundary faces, the
+  few hyperplanes its spill crosses. The trained mappings sit deep inside large, many-sided
+  clusters and leave their rim unsampled; the fold gives them the cluster's spread without
+  letting them out. It moves every coordinate (the cluster's own moments), so the complement
+  passes through unchanged only before it.
 - ``residual``: the previous default, kept for comparison: a full-space residual mapping with
   pool-based IMLE (Gamma = 4 x size, refreshed every 5 epochs), a strong consistency hinge and a
   norm-inflation penalty. It keeps fidelity and norm but overshoots into the cluster's interior,
@@ -39,7 +45,8 @@ docs/benchmarks.md measures them side by side.
 
 Modules: ``recipes`` (the names and :class:`MappingConfig`), ``networks`` (T_c and the batched
 form), ``inputs`` (prior, guide, input streams), ``bases`` (the fast recipe's subspace),
-``matching`` (IMLE's nearest matches), ``training`` (the loops and :func:`fit_mappings`).
+``matching`` (IMLE's nearest matches), ``training`` (the loops and :func:`fit_mappings`),
+``fold`` (the moment map and reflections fitted after training).
 """
 
 from clusterguide.mapping.bases import (

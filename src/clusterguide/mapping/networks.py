@@ -11,6 +11,7 @@ from torch import nn
 
 from clusterguide.errors import UserError
 from clusterguide.mapping.recipes import MappingConfig
+from clusterguide.moments import MomentMap
 
 
 def shrink_along(
@@ -23,16 +24,34 @@ def shrink_along(
     return x + (scale - 1) * along @ basis.T
 
 
+def reflect(x: torch.Tensor, normals: torch.Tensor, offsets: torch.Tensor, sweeps: int = 2) -> torch.Tensor:
+    """``x`` with every row on the outer side of a face (x . n_j < b_j) reflected across it, face
+    after face, ``sweeps`` times over: a reflected row can cross another face, and two passes put
+    back all but a few (a fold's output; see mapping/fold.py)."""
+    for _ in range(sweeps):
+        for n, b in zip(normals, offsets):
+            depth = x @ n - b
+            x = x - 2 * depth.clamp(max=0)[:, None] * n
+    return x
+
+
 class MappingNetwork(nn.Module):
     """T_c: Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear, no biases (optionally + e).
 
     A ``fast`` mapping found short of its fidelity target on fresh samples may also carry a shrink
     (:meth:`shrink_toward`, chosen after training by :func:`training.choose_shrink`): its output's
-    coordinates along a few orthonormal directions scaled by a factor below 1 about a centre."""
+    coordinates along a few orthonormal directions scaled by a factor below 1 about a centre. It
+    may also carry a fold (:meth:`fold_with`, chosen after training by :func:`fold.fit_fold`): its
+    output moved to the cluster's own moments and reflected back across the cluster's faces."""
 
     shrink_scale: torch.Tensor | None
     shrink_center: torch.Tensor | None
     shrink_basis: torch.Tensor | None
+    fold_source: torch.Tensor | None
+    fold_target: torch.Tensor | None
+    fold_matrix: torch.Tensor | None
+    fold_normals: torch.Tensor | None
+    fold_offsets: torch.Tensor | None
 
     def __init__(self, aux_dim: int, width: int, latent_dim: int, residual: bool = False) -> None:
         super().__init__()
@@ -47,10 +66,24 @@ class MappingNetwork(nn.Module):
         if residual:
             nn.init.zeros_(self.fc3.weight)
         # None (not in the state dict) unless a shrink is set: run folders without one load as before
-        for name in self.SHRINK:
+        for name in self.SHRINK + self.FOLD:
             self.register_buffer(name, None)
 
     SHRINK = ("shrink_scale", "shrink_center", "shrink_basis")
+    FOLD = ("fold_source", "fold_target", "fold_matrix", "fold_normals", "fold_offsets")
+
+    def fold_with(self, moment_map: MomentMap, normals: torch.Tensor, offsets: torch.Tensor) -> None:
+        """From now on the output is moved by ``moment_map`` and then reflected back across the
+        faces (``normals`` (f, latent_dim), unit, pointing inward; ``offsets`` (f,)); see
+        mapping/fold.py."""
+        contiguous = torch.contiguous_format  # as a saved run loads them (see shrink_toward)
+        self.fold_source = moment_map.source_mean.detach().float().clone(memory_format=contiguous)
+        self.fold_target = moment_map.target_mean.detach().float().clone(memory_format=contiguous)
+        self.fold_matrix = moment_map.matrix.detach().float().clone(memory_format=contiguous)
+        self.fold_normals = (
+            normals.detach().float().reshape(-1, self.fc3.out_features).clone(memory_format=contiguous)
+        )
+        self.fold_offsets = offsets.detach().float().reshape(-1).clone(memory_format=contiguous)
 
     def shrink_toward(self, scale: float | torch.Tensor, center: torch.Tensor, basis: torch.Tensor) -> None:
         """From now on the output's coordinates along ``basis`` ((latent_dim, d), orthonormal
@@ -74,6 +107,11 @@ class MappingNetwork(nn.Module):
         if self.shrink_basis is not None:
             assert self.shrink_scale is not None and self.shrink_center is not None
             out = shrink_along(out, self.shrink_scale, self.shrink_center, self.shrink_basis)
+        if self.fold_matrix is not None:
+            assert self.fold_source is not None and self.fold_target is not None
+            assert self.fold_normals is not None and self.fold_offsets is not None
+            out = self.fold_target + (out - self.fold_source) @ self.fold_matrix.T
+            out = reflect(out, self.fold_normals, self.fold_offsets)
         return out
 
 
@@ -180,7 +218,7 @@ class BatchedMapping(nn.Module):
     @torch.no_grad()
     def start_from(self, net: MappingNetwork) -> None:
         """Every one of the k mappings becomes a copy of ``net`` (same shape): its weights, not a
-        shrink it carries (a child's own shrink, if any, is chosen after the child trains)."""
+        shrink or fold it carries (a child's own, if any, are chosen after the child trains)."""
         for i in range(self.w1.shape[0]):
             self.w1[i].copy_(net.fc1.weight.T)
             self.w2[i].copy_(net.fc2.weight.T)

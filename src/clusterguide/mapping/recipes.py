@@ -129,6 +129,7 @@ ADDED_FIELDS = {
     "candidate_growth": 1.0,
     "shrink_floor": 1.0,
     "shrink_stopped": False,
+    "fold": False,
 }
 
 
@@ -148,6 +149,7 @@ FAST_ONLY_OFF: dict[str, Any] = dict(
     steer_on_stall=False,
     candidate_growth=1.0,
     shrink_floor=1.0,
+    fold=False,
     shrink_stopped=False,
 )
 
@@ -230,6 +232,13 @@ class MappingConfig:
     # on also chose its epoch, so they run above fresh samples: six stopped clusters of round
     # eight's grid measured 0.936-0.948 (docs/benchmarks.md, round nine)
     shrink_stopped: bool = True
+    # fast: after training (and any shrink), each mapping's output is moved to its cluster's own
+    # mean and covariance and reflected back across the cluster's boundary faces, pulled inward
+    # by the least shift that gets fresh samples past `fidelity_target` (mapping/fold.py); kept
+    # only where fresh samples land inside at least as often as without it. The trained mappings
+    # sit deep inside large, many-sided clusters and miss their rim (docs/benchmarks.md, round
+    # nineteen); False: no fold, as before
+    fold: bool = True
     min_steps: int = 10  # fast/residual: optimiser steps per epoch at least (small clusters, refinements)
     nn_backend: str = "auto"  # "faiss", "torch", or "auto" (torch on GPU, faiss on CPU)
     seed: int = 0

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from clusterguide.errors import UserError
 from clusterguide.mapping.bases import cluster_basis, correction_basis, subspace_of
+from clusterguide.mapping.fold import FOLD_ERRORS, FOLD_SAMPLES, FoldChoice, fit_fold
 from clusterguide.mapping.inputs import Guide, Prior, assignment_margin, standard_normal
 from clusterguide.mapping.matching import candidates_for, conditional_matches, pool_matches
 from clusterguide.mapping.networks import BatchedMapping, MappingNetwork, make_network, shrink_along
@@ -36,6 +37,9 @@ class MappingResult:
     drawn: list[int] | None = None
     # fast: per cluster, the factor its drawn coordinates were shrunk by after training (1: none)
     shrink: list[float] | None = None
+    # fast: per cluster, the fold fitted after training (mapping/fold.py), kept or not
+    fold: list[FoldChoice] | None = None
+    fold_seconds: float = 0.0  # of ``seconds``, the time the folds took
 
 
 def fit_mappings(
@@ -80,8 +84,10 @@ def fit_mappings(
         stopped_at, best_epoch = [epochs] * len(nets), []  # every cluster trains all its epochs
         drawn: list[int] | None = None
         shrink: list[float] | None = None
+        folds: list[FoldChoice] | None = None
+        fold_seconds = 0.0
     else:
-        nets, losses, epochs, stopped_at, best_epoch, drawn, shrink = _fit_batched(
+        nets, losses, epochs, stopped_at, best_epoch, drawn, shrink, folds, fold_seconds = _fit_batched(
             latents, config, guide, device, desc, init=init, prior=prior
         )
     return MappingResult(
@@ -93,6 +99,8 @@ def fit_mappings(
         best_epoch,
         drawn,
         shrink,
+        folds,
+        fold_seconds,
     )
 
 
@@ -263,11 +271,11 @@ def hinge_weights(inside: torch.Tensor, target: float, most: float | torch.Tenso
     return 1 + (most - 1) * short
 
 
-def past_target(target: float, samples: int) -> float:
+def past_target(target: float, samples: int, errors: float = 1.0) -> float:
     """The share an estimate from ``samples`` fresh samples must reach to count as past ``target``:
-    the target plus the estimate's binomial standard error there, so that a cluster at the target
-    does not pass by chance."""
-    return target + (math.sqrt(max(target * (1 - target), 0.0) / samples) if samples > 0 else 0.0)
+    the target plus ``errors`` times the estimate's binomial standard error there, so that a
+    cluster at the target does not pass by chance."""
+    return target + errors * (math.sqrt(max(target * (1 - target), 0.0) / samples) if samples > 0 else 0.0)
 
 
 def falls_short(history: list[torch.Tensor], window: int, remaining: int, target: float) -> torch.Tensor:
@@ -629,4 +637,30 @@ def _fit_batched(
             if scale < 1:
                 net.shrink_toward(scale, center, directions)
             shrink[c] = scale
-    return nets, losses, epoch, stopped_at, best_epoch, model.drawn, shrink
+    folds: list[FoldChoice] | None = None
+    fold_started = time.perf_counter()
+    if structured and config.fold and use_guide:
+        assert guide is not None
+        folds = []
+        checks = SHRINK_SAMPLES * max(config.fidelity_check, 1)
+        for c, net in enumerate(nets):
+            # each cluster from its own streams, like the shrink
+            fit_inputs = draw(
+                FOLD_SAMPLES, torch.Generator().manual_seed(derive_seed(config.seed, "fold", c))
+            )
+            check_g = torch.Generator().manual_seed(derive_seed(config.seed, "fold-check", c))
+            folds.append(
+                fit_fold(
+                    net.to(device),
+                    data[c],
+                    guide,
+                    c,
+                    fit_inputs.to(device),
+                    draw(checks, check_g).to(device),
+                    # two standard errors: the shift trades the share inside for spread, and the
+                    # share chosen must hold on the 1,000 samples a fit is measured on
+                    past_target(target, checks, errors=FOLD_ERRORS),
+                )
+            )
+    fold_seconds = time.perf_counter() - fold_started
+    return nets, losses, epoch, stopped_at, best_epoch, model.drawn, shrink, folds, fold_seconds
