@@ -122,7 +122,8 @@ def split_cluster(
         # fast: the factor each shrunk cluster's drawn coordinates were scaled by (training.choose_shrink)
         shrink = {child_path(parent, i): s for i, s in zip(train, result.shrink or []) if s < 1}
         # fast: each mapping's fold (mapping/fold.py): its faces and inward shift, None where the
-        # fold was not kept (short of the target, and fewer fresh samples inside than without it)
+        # fold was not kept (farther from the cluster's latents than the mapping alone, or short
+        # of the target with fewer fresh samples inside than without it)
         fold = {
             child_path(parent, i): {"faces": f.faces, "shift": f.shift} if f.kept else None
             for i, f in zip(train, result.fold or [])

@@ -235,7 +235,8 @@ class MappingConfig:
     # fast: after training (and any shrink), each mapping's output is moved to its cluster's own
     # mean and covariance and reflected back across the cluster's boundary faces, pulled inward
     # by the least shift that gets fresh samples past `fidelity_target` (mapping/fold.py); kept
-    # only where fresh samples land inside at least as often as without it. The trained mappings
+    # only where it brings the samples nearer the cluster's latents (energy distance) and gets
+    # past the target or lands inside at least as often as without it. The trained mappings
     # sit deep inside large, many-sided clusters and miss their rim (docs/benchmarks.md, round
     # nineteen); False: no fold, as before
     fold: bool = True
