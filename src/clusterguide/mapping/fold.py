@@ -153,7 +153,7 @@ def split_face(unit: torch.Tensor, rows: torch.Tensor, least: float) -> list[tor
 
 @dataclass
 class FoldChoice:
-    kept: bool  # whether the fold was kept (its share inside at least the unfolded mapping's)
+    kept: bool  # whether the fold was kept (see :func:`fit_fold` for the rule)
     faces: int  # how many faces it reflects across
     shift: float  # the inward shift, in units of each face's spread
     share: float  # fresh samples inside with the fold (the check's estimate)
@@ -215,9 +215,10 @@ def fit_fold(
         return logits(z).argmax(1) == own
 
     before = float(inside(unfolded).float().mean())
-    shift, share = choose_shift(moment_map.apply(unfolded), faces, inside, need)
+    to_fold = moment_map.apply(unfolded)
+    shift, share = choose_shift(to_fold, faces, inside, need)
     offsets = faces.offsets + shift * faces.spreads
-    folded = reflect(moment_map.apply(unfolded), faces.normals, offsets)
+    folded = reflect(to_fold, faces.normals, offsets)
     reference = latents[: check_inputs.shape[0]].to(folded.device)
     nearer = energy_distance(folded, reference) < energy_distance(unfolded, reference)
     kept = nearer and (share >= need or share >= before)
